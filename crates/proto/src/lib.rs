@@ -1,0 +1,33 @@
+//! The etcd v3 wire protocol as Roster speaks it.
+//!
+//! The `.proto` files under `proto/` are Roster's own text, written from the
+//! protocol facts of etcd's API: package, service and message names and field
+//! numbers match etcd's, so every etcd v3 client (etcdctl, Go clientv3,
+//! python etcd3, the `etcd-client` crate) talks to a Roster server unchanged.
+//! Code is generated at build time by prost and tonic, fed by `protox`, so no
+//! system `protoc` is needed. This crate holds no logic.
+//!
+//! Besides etcd's packages, `roster` holds the internal [`roster::Command`]
+//! that the consensus layer orders and the store applies.
+
+#![allow(clippy::all, missing_docs)]
+
+/// etcd's MVCC record types: `KeyValue` and `Event`.
+pub mod mvccpb {
+    tonic::include_proto!("mvccpb");
+}
+
+/// etcd's auth record types.
+pub mod authpb {
+    tonic::include_proto!("authpb");
+}
+
+/// etcd's v3 client API: KV, Watch, Lease, Cluster, Maintenance and Auth.
+pub mod etcdserverpb {
+    tonic::include_proto!("etcdserverpb");
+}
+
+/// Roster's internal write commands.
+pub mod roster {
+    tonic::include_proto!("roster");
+}

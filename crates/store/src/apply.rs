@@ -1,0 +1,366 @@
+//! The write commands: Put, DeleteRange, Txn and Compact.
+//!
+//! A [`WriteTxn`] is one write transaction of the MVCC model: every change it
+//! makes gets the main revision `begin_rev + 1` and the next sub-revision, and
+//! the store's revision moves on only if it changed something. So a delete
+//! that matched nothing, or a txn whose chosen branch only reads, leaves the
+//! revision alone.
+//!
+//! Every check that can refuse a command runs before its first change: a
+//! refused command changes nothing. A txn is evaluated as etcd does: all
+//! compares along the chosen path, nested txns included, are decided against
+//! the state before the txn; then the ops on that path are checked; then they
+//! run in order, each seeing the changes of the ops before it.
+
+use redb::Table;
+use roster_proto::etcdserverpb::{
+    range_request::SortOrder, range_request::SortTarget, request_op, response_op,
+    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest,
+    PutResponse, RangeRequest, RequestOp, ResponseHeader, ResponseOp, TxnRequest, TxnResponse,
+};
+use roster_proto::mvccpb::{event::EventType, Event, KeyValue};
+
+use crate::backend::{encode, Records};
+use crate::error::StoreError;
+use crate::index::{KeyIndex, KeyRange, Revision, Version};
+use crate::read::View;
+
+/// One write transaction in progress.
+pub struct WriteTxn<'a, 't> {
+    index: &'a mut KeyIndex,
+    table: &'a mut Table<'t, u128, &'static [u8]>,
+    begin_rev: i64,
+    compact_rev: i64,
+    sub: i64,
+    events: Vec<Event>,
+}
+
+fn header(revision: i64) -> Option<ResponseHeader> {
+    Some(ResponseHeader {
+        revision,
+        ..Default::default()
+    })
+}
+
+impl<'a, 't> WriteTxn<'a, 't> {
+    /// Starts a write transaction on top of revision `begin_rev`.
+    pub fn new(
+        index: &'a mut KeyIndex,
+        table: &'a mut Table<'t, u128, &'static [u8]>,
+        begin_rev: i64,
+        compact_rev: i64,
+    ) -> Self {
+        WriteTxn {
+            index,
+            table,
+            begin_rev,
+            compact_rev,
+            sub: 0,
+            events: Vec::new(),
+        }
+    }
+
+    /// True once this transaction has changed something.
+    fn changed(&self) -> bool {
+        self.sub > 0
+    }
+
+    /// The revision reads inside this transaction see: its own changes count.
+    pub fn rev(&self) -> i64 {
+        self.begin_rev + i64::from(self.changed())
+    }
+
+    /// The revision the store is at once this transaction ends.
+    pub fn end_rev(&self) -> i64 {
+        self.rev()
+    }
+
+    /// The changes made, as watch events, in the order they were made.
+    pub fn into_events(self) -> Vec<Event> {
+        self.events
+    }
+
+    fn view(&self) -> View<'_> {
+        View {
+            index: self.index,
+            rev: self.rev(),
+            compact_rev: self.compact_rev,
+            records: &*self.table as &dyn Records,
+        }
+    }
+
+    fn next_rev(&mut self) -> Revision {
+        let rev = Revision {
+            main: self.begin_rev + 1,
+            sub: self.sub,
+        };
+        self.sub += 1;
+        rev
+    }
+
+    /// Refuses a put that could not be applied; changes nothing.
+    fn check_put(&self, p: &PutRequest) -> Result<(), StoreError> {
+        if (p.ignore_value || p.ignore_lease) && self.index.get(&p.key, self.rev()).is_none() {
+            return Err(StoreError::KeyNotFound);
+        }
+        // Leases do not exist yet: any lease id is unknown.
+        if p.lease != 0 && !p.ignore_lease {
+            return Err(StoreError::LeaseNotFound);
+        }
+        Ok(())
+    }
+
+    /// Applies a Put.
+    pub fn put(&mut self, p: &PutRequest) -> Result<PutResponse, StoreError> {
+        self.check_put(p)?;
+        let prev = self.index.get(&p.key, self.rev()).copied();
+        let prev_kv = match prev {
+            Some(v) if p.prev_kv || p.ignore_value => {
+                let mut kv = self.table.record(v.rev)?;
+                kv.lease = v.lease;
+                Some(kv)
+            }
+            _ => None,
+        };
+        let value = match (&prev_kv, p.ignore_value) {
+            (Some(kv), true) => kv.value.clone(),
+            _ => p.value.clone(),
+        };
+        let lease = match prev {
+            Some(v) if p.ignore_lease => v.lease,
+            _ => p.lease,
+        };
+        let rev = self.next_rev();
+        let version = Version {
+            rev,
+            create: prev.map_or(rev.main, |v| v.create),
+            version: prev.map_or(1, |v| v.version + 1),
+            lease,
+            tombstone: false,
+        };
+        let kv = KeyValue {
+            key: p.key.clone(),
+            create_revision: version.create,
+            mod_revision: rev.main,
+            version: version.version,
+            value,
+            lease,
+        };
+        self.table
+            .insert(rev.to_u128(), encode(&kv, false).as_slice())?;
+        self.index.push(&p.key, version);
+        self.events.push(Event {
+            r#type: EventType::Put as i32,
+            kv: Some(kv),
+            prev_kv: None,
+        });
+        Ok(PutResponse {
+            header: header(rev.main),
+            prev_kv: if p.prev_kv { prev_kv } else { None },
+        })
+    }
+
+    /// Applies a DeleteRange; deleting nothing is not a change.
+    pub fn delete_range(
+        &mut self,
+        d: &DeleteRangeRequest,
+    ) -> Result<DeleteRangeResponse, StoreError> {
+        let range = KeyRange::new(&d.key, &d.range_end);
+        let doomed: Vec<(Vec<u8>, Version)> = self
+            .index
+            .range(&range, self.rev())
+            .map(|(k, v)| (k.to_vec(), *v))
+            .collect();
+        let mut prev_kvs = Vec::new();
+        if d.prev_kv {
+            let view = self.view();
+            for (k, _) in &doomed {
+                prev_kvs.extend(view.get(k)?);
+            }
+        }
+        for (key, _) in &doomed {
+            let rev = self.next_rev();
+            let kv = KeyValue {
+                key: key.clone(),
+                mod_revision: rev.main,
+                ..Default::default()
+            };
+            self.table
+                .insert(rev.to_u128(), encode(&kv, true).as_slice())?;
+            self.index.push(
+                key,
+                Version {
+                    rev,
+                    create: 0,
+                    version: 0,
+                    lease: 0,
+                    tombstone: true,
+                },
+            );
+            self.events.push(Event {
+                r#type: EventType::Delete as i32,
+                kv: Some(kv),
+                prev_kv: None,
+            });
+        }
+        Ok(DeleteRangeResponse {
+            header: header(self.rev()),
+            deleted: doomed.len() as i64,
+            prev_kvs,
+        })
+    }
+
+    /// Applies a Txn: decide the path, check it, then run it.
+    pub fn txn(&mut self, t: &TxnRequest) -> Result<TxnResponse, StoreError> {
+        let view = self.view();
+        let mut path = Vec::new();
+        decide_path(&view, t, &mut path)?;
+        check_path(&view, t, &path, &mut 0, &|p| self.check_put(p))?;
+        let mut at = 0;
+        let mut resp = self.run(t, &path, &mut at)?;
+        resp.header = header(self.rev());
+        Ok(resp)
+    }
+
+    fn run(
+        &mut self,
+        t: &TxnRequest,
+        path: &[bool],
+        at: &mut usize,
+    ) -> Result<TxnResponse, StoreError> {
+        let succeeded = path[*at];
+        *at += 1;
+        let ops = if succeeded { &t.success } else { &t.failure };
+        let mut responses = Vec::with_capacity(ops.len());
+        for op in ops {
+            use request_op::Request as Rq;
+            use response_op::Response as Rs;
+            let response = match &op.request {
+                Some(Rq::RequestRange(r)) => Some(Rs::ResponseRange(self.view().range(r)?)),
+                Some(Rq::RequestPut(p)) => Some(Rs::ResponsePut(self.put(p)?)),
+                Some(Rq::RequestDeleteRange(d)) => {
+                    Some(Rs::ResponseDeleteRange(self.delete_range(d)?))
+                }
+                Some(Rq::RequestTxn(inner)) => Some(Rs::ResponseTxn(self.run(inner, path, at)?)),
+                None => None,
+            };
+            responses.push(ResponseOp { response });
+        }
+        Ok(TxnResponse {
+            header: None,
+            succeeded,
+            responses,
+        })
+    }
+
+    /// Applies a Compact: records the new compacted revision. History below
+    /// it is dropped from the index when the batch is published and from
+    /// storage after that (see `Store`).
+    pub fn compact(&mut self, c: &CompactionRequest) -> Result<CompactionResponse, StoreError> {
+        if c.revision <= self.compact_rev {
+            return Err(StoreError::Compacted);
+        }
+        if c.revision > self.begin_rev {
+            return Err(StoreError::FutureRevision);
+        }
+        self.compact_rev = c.revision;
+        Ok(CompactionResponse {
+            header: header(self.begin_rev),
+        })
+    }
+
+    /// The compacted revision after this transaction.
+    pub fn compact_rev(&self) -> i64 {
+        self.compact_rev
+    }
+}
+
+/// True when every op in both branches is a plain range: such a txn cannot
+/// write, whatever its compares decide, and is served as a read.
+pub fn is_read_only(t: &TxnRequest) -> bool {
+    t.success
+        .iter()
+        .chain(&t.failure)
+        .all(|op| matches!(op.request, Some(request_op::Request::RequestRange(_))))
+}
+
+/// Evaluates a read-only txn (see [`is_read_only`]) against a view.
+pub fn read_txn(view: &View<'_>, t: &TxnRequest) -> Result<TxnResponse, StoreError> {
+    let mut path = Vec::new();
+    decide_path(view, t, &mut path)?;
+    check_path(view, t, &path, &mut 0, &|_| Ok(()))?;
+    let ops = if path[0] { &t.success } else { &t.failure };
+    let mut responses = Vec::with_capacity(ops.len());
+    for op in ops {
+        if let Some(request_op::Request::RequestRange(r)) = &op.request {
+            let response = Some(response_op::Response::ResponseRange(view.range(r)?));
+            responses.push(ResponseOp { response });
+        }
+    }
+    Ok(TxnResponse {
+        header: Some(ResponseHeader {
+            revision: view.rev,
+            ..Default::default()
+        }),
+        succeeded: path[0],
+        responses,
+    })
+}
+
+/// Decides every compare along the chosen path, depth first, before any op
+/// runs: `path[i]` is whether the i-th txn on the path succeeded.
+fn decide_path(view: &View<'_>, t: &TxnRequest, path: &mut Vec<bool>) -> Result<(), StoreError> {
+    let mut ok = true;
+    for c in &t.compare {
+        if !view.compare(c)? {
+            ok = false;
+            break;
+        }
+    }
+    path.push(ok);
+    for op in if ok { &t.success } else { &t.failure } {
+        if let Some(request_op::Request::RequestTxn(inner)) = &op.request {
+            decide_path(view, inner, path)?;
+        }
+    }
+    Ok(())
+}
+
+/// Checks every op on the chosen path against the state before the txn.
+fn check_path(
+    view: &View<'_>,
+    t: &TxnRequest,
+    path: &[bool],
+    at: &mut usize,
+    check_put: &dyn Fn(&PutRequest) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
+    let ok = path[*at];
+    *at += 1;
+    for op in if ok { &t.success } else { &t.failure } {
+        match &op.request {
+            Some(request_op::Request::RequestRange(r)) => check_range(view, r)?,
+            Some(request_op::Request::RequestPut(p)) => check_put(p)?,
+            Some(request_op::Request::RequestTxn(inner)) => {
+                check_path(view, inner, path, at, check_put)?
+            }
+            Some(request_op::Request::RequestDeleteRange(_)) | None => {}
+        }
+    }
+    Ok(())
+}
+
+fn check_range(view: &View<'_>, r: &RangeRequest) -> Result<(), StoreError> {
+    SortOrder::try_from(r.sort_order).map_err(|_| StoreError::Invalid("sort order"))?;
+    SortTarget::try_from(r.sort_target).map_err(|_| StoreError::Invalid("sort target"))?;
+    view.check_revision(r.revision).map(|_| ())
+}
+
+/// Walks every op of a txn, both branches and nested txns, depth first.
+pub fn for_each_op(t: &TxnRequest, f: &mut dyn FnMut(&RequestOp)) {
+    for op in t.success.iter().chain(&t.failure) {
+        f(op);
+        if let Some(request_op::Request::RequestTxn(inner)) = &op.request {
+            for_each_op(inner, f);
+        }
+    }
+}

@@ -1,0 +1,65 @@
+//! The redb tables and how records are encoded in them.
+//!
+//! - `kv`: revision (packed into a `u128`, so keys sort by revision) → record.
+//!   A record is one tag byte (`PUT` or `TOMBSTONE`) followed by the
+//!   protobuf-encoded `mvccpb.KeyValue`. For a tombstone the `KeyValue` holds
+//!   only the key and its delete revision.
+//! - `meta`: named `u64` counters: the current and compacted revision, the
+//!   applied log index, and whatever node identity the server keeps here.
+//!
+//! The key index is not stored: it is rebuilt by scanning `kv` on open.
+
+use prost::Message;
+use redb::{ReadableTable, TableDefinition};
+use roster_proto::mvccpb::KeyValue;
+
+use crate::error::StoreError;
+use crate::index::Revision;
+
+/// Revision-ordered records of every retained version.
+pub const KV: TableDefinition<u128, &[u8]> = TableDefinition::new("kv");
+/// Named counters.
+pub const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+
+/// Meta key: the newest revision.
+pub const META_CURRENT_REV: &str = "current_rev";
+/// Meta key: the revision history was compacted to.
+pub const META_COMPACT_REV: &str = "compact_rev";
+/// Meta key: the index of the last applied log entry.
+pub const META_APPLIED_INDEX: &str = "applied_index";
+
+const PUT: u8 = 0;
+const TOMBSTONE: u8 = 1;
+
+/// Encodes a stored record.
+pub fn encode(kv: &KeyValue, tombstone: bool) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(1 + kv.encoded_len());
+    buf.push(if tombstone { TOMBSTONE } else { PUT });
+    kv.encode(&mut buf).expect("Vec grows as needed");
+    buf
+}
+
+/// Decodes a stored record into its `KeyValue` and tombstone flag.
+pub fn decode(bytes: &[u8]) -> Result<(KeyValue, bool), StoreError> {
+    let (tag, body) = bytes
+        .split_first()
+        .ok_or_else(|| StoreError::Storage("empty record".into()))?;
+    let kv = KeyValue::decode(body)?;
+    Ok((kv, *tag == TOMBSTONE))
+}
+
+/// Something records can be read from: a read transaction's table, or the
+/// table of the write transaction being applied (which sees its own writes).
+pub trait Records {
+    /// The stored `KeyValue` at `rev`.
+    fn record(&self, rev: Revision) -> Result<KeyValue, StoreError>;
+}
+
+impl<T: ReadableTable<u128, &'static [u8]>> Records for T {
+    fn record(&self, rev: Revision) -> Result<KeyValue, StoreError> {
+        let guard = self
+            .get(rev.to_u128())?
+            .ok_or_else(|| StoreError::Storage(format!("missing record at {rev:?}")))?;
+        Ok(decode(guard.value())?.0)
+    }
+}

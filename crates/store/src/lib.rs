@@ -1,0 +1,38 @@
+//! Roster's state machine: an MVCC key-value store, persisted in redb.
+//!
+//! The store follows etcd's model. One global *revision* counts write
+//! transactions: every Put, every DeleteRange that deletes something and every
+//! Txn that writes anything bumps it by exactly one, and all changes made by
+//! one transaction share that main revision (told apart by a sub-revision).
+//! Every key carries `create_revision`, `mod_revision`, `version` and `lease`;
+//! a delete writes a tombstone, so history stays readable at old revisions
+//! until a compaction drops it.
+//!
+//! The shape is chosen for a replicated log. [`Store::apply_batch`] takes
+//! ordered [`Command`]s and applies them deterministically: no clock, no
+//! randomness, no thread-local state, so the same log applied to the same state
+//! yields the same state and the same responses on every node. A batch is one
+//! redb write transaction and one fsync (group commit); the in-memory key index
+//! is updated while the batch applies, but readers see a revision only once the
+//! batch holding it is durable. Reads ([`Store::range`], [`Store::txn_read`])
+//! never wait for an fsync: they hold the index lock only while they evaluate.
+//!
+//! What lives where:
+//! - [`index`]: the in-memory key index, key → list of versions, rebuilt from
+//!   redb on open.
+//! - [`backend`]: the redb tables and their encoding.
+//! - [`read`]: evaluation of ranges and compares against a view of the index.
+//! - [`apply`]: the write commands.
+//! - [`store`]: the [`Store`] that ties them together and guards concurrency.
+
+pub mod apply;
+pub mod backend;
+pub mod error;
+pub mod index;
+pub mod read;
+mod store;
+
+pub use error::StoreError;
+pub use index::Revision;
+pub use roster_proto::roster::{command::Kind as CommandKind, Command};
+pub use store::{Applied, CommandResponse, Store};

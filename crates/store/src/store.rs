@@ -1,0 +1,285 @@
+//! The [`Store`]: opening, batched application, publication and reads.
+//!
+//! Concurrency rules, which keep readers off the fsync path:
+//! - One writer at a time calls [`Store::apply_batch`]. It holds the state lock
+//!   while it applies the batch in memory (index and redb pages), releases it,
+//!   commits the redb transaction (the fsync), and only then takes the lock
+//!   again to *publish*: readers move to the batch's final revision.
+//! - Readers take the lock in shared mode, open a redb read transaction while
+//!   holding it, and read at the published revision. Versions in the index
+//!   newer than that belong to a batch that is not yet durable; they are
+//!   invisible.
+//! - Compaction drops history from the index at publication, and from redb
+//!   only afterwards, in [`Store::finish_compaction`]. A reader that saw the
+//!   index before the drop opened its read transaction before it too, so the
+//!   records it may ask for are still in its snapshot.
+
+use std::path::Path;
+
+use parking_lot::{Mutex, RwLock};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata};
+use roster_proto::etcdserverpb::{
+    CompactionResponse, DeleteRangeResponse, PutResponse, RangeRequest, RangeResponse, TxnRequest,
+    TxnResponse,
+};
+use roster_proto::mvccpb::Event;
+use roster_proto::roster::{command::Kind, Command};
+
+use crate::apply::{read_txn, WriteTxn};
+use crate::backend::{decode, KV, META, META_APPLIED_INDEX, META_COMPACT_REV, META_CURRENT_REV};
+use crate::error::StoreError;
+use crate::index::{KeyIndex, Revision, Version};
+use crate::read::View;
+
+/// The revision of an empty store, as in etcd: the first write makes 2.
+const FIRST_REV: i64 = 1;
+
+/// A successful command's answer.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CommandResponse {
+    /// Answer to a Put.
+    Put(PutResponse),
+    /// Answer to a DeleteRange.
+    DeleteRange(DeleteRangeResponse),
+    /// Answer to a Txn.
+    Txn(TxnResponse),
+    /// Answer to a Compact.
+    Compact(CompactionResponse),
+}
+
+/// What applying one command produced.
+#[derive(Debug)]
+pub struct Applied {
+    /// The answer for the client, or why the command was refused.
+    pub response: Result<CommandResponse, StoreError>,
+    /// The changes the command made, for watchers, in order.
+    pub events: Vec<Event>,
+}
+
+struct State {
+    index: KeyIndex,
+    /// Highest revision readers may see: everything up to it is durable.
+    published_rev: i64,
+    /// Highest revision applied (equal to `published_rev` between batches).
+    applied_rev: i64,
+    /// Reads below this are refused.
+    compact_rev: i64,
+    /// Compacted revision decided by applied commands, not yet published.
+    pending_compact_rev: i64,
+    applied_index: u64,
+}
+
+/// The MVCC key-value store. Cheap to share behind an `Arc`.
+pub struct Store {
+    db: Database,
+    state: RwLock<State>,
+    /// Records dropped from the index, still to be deleted from redb.
+    garbage: Mutex<Vec<Revision>>,
+}
+
+impl Store {
+    /// Opens (or creates) the store in the file `path` and rebuilds the index.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let db = Database::create(path)?;
+        let tx = db.begin_write()?;
+        let (index, current, compact, applied_index) = {
+            let kv = tx.open_table(KV)?;
+            let meta = tx.open_table(META)?;
+            let get = |k: &str| -> Result<Option<u64>, StoreError> {
+                Ok(meta.get(k)?.map(|g| g.value()))
+            };
+            let current = get(META_CURRENT_REV)?.map_or(FIRST_REV, |v| v as i64);
+            let compact = get(META_COMPACT_REV)?.unwrap_or(0) as i64;
+            let applied_index = get(META_APPLIED_INDEX)?.unwrap_or(0);
+            let mut index = KeyIndex::default();
+            for item in kv.iter()? {
+                let (rev, rec) = item?;
+                let rev = Revision::from_u128(rev.value());
+                let (kv, tombstone) = decode(rec.value())?;
+                index.push(
+                    &kv.key,
+                    Version {
+                        rev,
+                        create: kv.create_revision,
+                        version: kv.version,
+                        lease: kv.lease,
+                        tombstone,
+                    },
+                );
+            }
+            (index, current, compact, applied_index)
+        };
+        tx.commit()?;
+        let mut index = index;
+        // A crash may have come between a compaction's commit and the removal
+        // of its records: redo the removal, which is idempotent.
+        let garbage = index.compact(compact);
+        let store = Store {
+            db,
+            state: RwLock::new(State {
+                index,
+                published_rev: current,
+                applied_rev: current,
+                compact_rev: compact,
+                pending_compact_rev: compact,
+                applied_index,
+            }),
+            garbage: Mutex::new(garbage),
+        };
+        store.finish_compaction()?;
+        Ok(store)
+    }
+
+    /// The newest durable revision.
+    pub fn revision(&self) -> i64 {
+        self.state.read().published_rev
+    }
+
+    /// The revision history has been compacted to.
+    pub fn compact_revision(&self) -> i64 {
+        self.state.read().compact_rev
+    }
+
+    /// The log index of the last applied command.
+    pub fn applied_index(&self) -> u64 {
+        self.state.read().applied_index
+    }
+
+    /// The size of the database file in bytes (as etcd reports `dbSize`).
+    pub fn size_on_disk(&self, path: &Path) -> u64 {
+        std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
+    }
+
+    /// Applies `commands`, numbered by their log index, in order, makes them
+    /// durable in one commit, and publishes them to readers.
+    ///
+    /// Per-command refusals are in each [`Applied`]; an `Err` here means
+    /// storage failed and the node must stop: nothing of the batch was
+    /// acknowledged, and the in-memory state may be ahead of the disk.
+    pub fn apply_batch(&self, commands: &[(u64, Command)]) -> Result<Vec<Applied>, StoreError> {
+        let mut tx = self.db.begin_write()?;
+        tx.set_durability(Durability::Immediate)?;
+        let mut out = Vec::with_capacity(commands.len());
+        let (rev, compact, applied_index) = {
+            let mut st = self.state.write();
+            let st = &mut *st;
+            let mut kv = tx.open_table(KV)?;
+            for (log_index, cmd) in commands {
+                let mut w = WriteTxn::new(
+                    &mut st.index,
+                    &mut kv,
+                    st.applied_rev,
+                    st.pending_compact_rev,
+                );
+                let response = match &cmd.kind {
+                    Some(Kind::Put(p)) => w.put(p).map(CommandResponse::Put),
+                    Some(Kind::DeleteRange(d)) => {
+                        w.delete_range(d).map(CommandResponse::DeleteRange)
+                    }
+                    Some(Kind::Txn(t)) => w.txn(t).map(CommandResponse::Txn),
+                    Some(Kind::Compact(c)) => w.compact(c).map(CommandResponse::Compact),
+                    None => Err(StoreError::Invalid("empty command")),
+                };
+                if let Err(e) = &response {
+                    if e.is_fatal() {
+                        return Err(StoreError::Storage(e.to_string()));
+                    }
+                }
+                st.applied_rev = w.end_rev();
+                st.pending_compact_rev = w.compact_rev();
+                st.applied_index = st.applied_index.max(*log_index);
+                out.push(Applied {
+                    response,
+                    events: w.into_events(),
+                });
+            }
+            (st.applied_rev, st.pending_compact_rev, st.applied_index)
+        };
+        {
+            let mut meta = tx.open_table(META)?;
+            meta.insert(META_CURRENT_REV, rev as u64)?;
+            meta.insert(META_COMPACT_REV, compact as u64)?;
+            meta.insert(META_APPLIED_INDEX, applied_index)?;
+        }
+        tx.commit()?;
+
+        let mut st = self.state.write();
+        st.published_rev = rev;
+        if compact > st.compact_rev {
+            st.compact_rev = compact;
+            let dropped = st.index.compact(compact);
+            self.garbage.lock().extend(dropped);
+        }
+        Ok(out)
+    }
+
+    /// Deletes from storage the records that compactions dropped from the
+    /// index. Safe to call at any time; a no-op when there is nothing to do.
+    pub fn finish_compaction(&self) -> Result<(), StoreError> {
+        let garbage = std::mem::take(&mut *self.garbage.lock());
+        if garbage.is_empty() {
+            return Ok(());
+        }
+        // Not fsynced on its own: if it is lost in a crash, `open` redoes it.
+        let mut tx = self.db.begin_write()?;
+        tx.set_durability(Durability::None)?;
+        {
+            let mut kv = tx.open_table(KV)?;
+            for rev in garbage {
+                kv.remove(rev.to_u128())?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Runs `f` against a consistent view at the newest durable revision.
+    fn with_view<T>(
+        &self,
+        f: impl FnOnce(&View<'_>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let st = self.state.read();
+        // Opened under the lock: see the module comment on compaction.
+        let tx = self.db.begin_read()?;
+        let kv = tx.open_table(KV)?;
+        let view = View {
+            index: &st.index,
+            rev: st.published_rev,
+            compact_rev: st.compact_rev,
+            records: &kv,
+        };
+        f(&view)
+    }
+
+    /// Answers a Range request.
+    pub fn range(&self, r: &RangeRequest) -> Result<RangeResponse, StoreError> {
+        self.with_view(|v| v.range(r))
+    }
+
+    /// Answers a txn that only reads (see [`crate::apply::is_read_only`])
+    /// without going through the write path.
+    pub fn txn_read(&self, t: &TxnRequest) -> Result<TxnResponse, StoreError> {
+        self.with_view(|v| read_txn(v, t))
+    }
+
+    /// Number of records in storage, tombstones and old versions included.
+    pub fn record_count(&self) -> Result<u64, StoreError> {
+        let tx = self.db.begin_read()?;
+        Ok(tx.open_table(KV)?.len()?)
+    }
+
+    /// Reads a named counter kept beside the data (node identity and such).
+    pub fn meta(&self, name: &str) -> Result<Option<u64>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let meta = tx.open_table(META)?;
+        Ok(meta.get(name)?.map(|g| g.value()))
+    }
+
+    /// Durably sets a named counter kept beside the data.
+    pub fn set_meta(&self, name: &str, value: u64) -> Result<(), StoreError> {
+        let tx = self.db.begin_write()?;
+        tx.open_table(META)?.insert(name, value)?;
+        tx.commit()?;
+        Ok(())
+    }
+}
