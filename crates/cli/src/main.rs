@@ -1,1 +1,37 @@
-fn main() {}
+//! `roster`: the registry server and its tools in one binary.
+
+mod serve;
+
+use clap::{Parser, Subcommand};
+
+/// Roster: a service registry that speaks the etcd v3 API.
+#[derive(Parser)]
+#[command(name = "roster", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a registry node.
+    Serve(serve::ServeArgs),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match cli.command {
+        Command::Serve(args) => serve::run(args),
+    };
+    if let Err(e) = result {
+        eprintln!("roster: error: {e}");
+        std::process::exit(1);
+    }
+}

@@ -1,1 +1,29 @@
+//! A Roster node: the etcd v3 gRPC API over the MVCC store.
+//!
+//! The ladder, top to bottom, each rung knowing only the one below:
+//! - [`serve`]: listeners and graceful shutdown.
+//! - [`service`]: one thin gRPC service per etcd service — validate
+//!   ([`validate`]), call the node, map errors once ([`error`]), fill headers.
+//! - [`node`]: the store, the node identity, and the consensus in front of
+//!   the store.
+//! - [`consensus`]: the seam where writes are ordered. [`standalone`] is the
+//!   single-node implementation with group commit; Raft will be another.
+//! - `roster-store`: the deterministic state machine.
+//!
+//! Reads go straight to the store's published state; writes become
+//! [`roster_store::Command`]s proposed to consensus and are answered once
+//! durable.
 
+pub mod config;
+pub mod consensus;
+pub mod error;
+pub mod node;
+pub mod serve;
+pub mod service;
+pub mod standalone;
+pub mod validate;
+
+pub use config::Config;
+pub use error::ServerError;
+pub use node::{Node, OpenError};
+pub use serve::{serve, Stopped};

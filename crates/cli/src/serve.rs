@@ -1,0 +1,110 @@
+//! `roster serve`: run a registry node with etcd-style flags.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Args;
+use roster_server::config::{DEFAULT_MAX_REQUEST_BYTES, DEFAULT_MAX_TXN_OPS};
+use roster_server::{Config, Node, Stopped};
+use tokio::net::TcpListener;
+
+/// Flags of `roster serve`, named as etcd names them.
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// Human-readable name of this member.
+    #[arg(long, default_value = "default")]
+    name: String,
+    /// Directory for the node's data.
+    #[arg(long, default_value = "./roster.data")]
+    data_dir: PathBuf,
+    /// Comma-separated URLs to listen on for client traffic (port 0 picks a
+    /// free port; the chosen one is printed).
+    #[arg(long, default_value = "http://127.0.0.1:2379", value_delimiter = ',')]
+    listen_client_urls: Vec<String>,
+    /// Comma-separated client URLs to advertise (default: the listened ones).
+    #[arg(long, value_delimiter = ',')]
+    advertise_client_urls: Vec<String>,
+    /// Comma-separated peer URLs to advertise for this member.
+    #[arg(long, default_value = "http://localhost:2380", value_delimiter = ',')]
+    initial_advertise_peer_urls: Vec<String>,
+    /// Largest request accepted, in bytes.
+    #[arg(long, default_value_t = DEFAULT_MAX_REQUEST_BYTES)]
+    max_request_bytes: usize,
+    /// Most compares, or operations per branch, in one txn.
+    #[arg(long, default_value_t = DEFAULT_MAX_TXN_OPS)]
+    max_txn_ops: usize,
+}
+
+/// Turns `http://host:port` (or bare `host:port`) into socket addresses.
+fn parse_url(url: &str) -> Result<Vec<SocketAddr>, String> {
+    let rest = match url.split_once("://") {
+        Some(("http", rest)) => rest,
+        Some((scheme, _)) => {
+            return Err(format!(
+                "{url}: scheme {scheme} is not supported (use http)"
+            ))
+        }
+        None => url,
+    };
+    let hostport = rest.trim_end_matches('/');
+    std::net::ToSocketAddrs::to_socket_addrs(hostport)
+        .map(|a| a.collect())
+        .map_err(|e| format!("{url}: {e}"))
+}
+
+/// Runs the node until SIGINT or SIGTERM.
+pub fn run(args: ServeArgs) -> Result<(), String> {
+    let runtime = tokio::runtime::Runtime::new().map_err(|e| format!("starting runtime: {e}"))?;
+    runtime.block_on(async move {
+        let mut listeners = Vec::new();
+        for url in &args.listen_client_urls {
+            for addr in parse_url(url)? {
+                let l = TcpListener::bind(addr)
+                    .await
+                    .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+                listeners.push(l);
+            }
+        }
+        let mut config = Config::new(&args.data_dir);
+        config.name = args.name;
+        config.advertise_client_urls = args.advertise_client_urls;
+        config.advertise_peer_urls = args.initial_advertise_peer_urls;
+        config.max_request_bytes = args.max_request_bytes;
+        config.max_txn_ops = args.max_txn_ops;
+        let node = Node::open(config).map_err(|e| e.to_string())?;
+        for l in &listeners {
+            if let Ok(a) = l.local_addr() {
+                // Tests and scripts wait for this exact line.
+                eprintln!("roster: ready to serve client requests on http://{a}");
+            }
+        }
+        let stopped = roster_server::serve(node, listeners, shutdown_signal())
+            .await
+            .map_err(|e| format!("serving: {e}"))?;
+        match stopped {
+            Stopped::Requested => {
+                tracing::info!("stopped");
+                Ok(())
+            }
+            Stopped::Fatal => Err("stopped after a storage failure; see the log above".into()),
+        }
+    })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => return ctrl_c.await.unwrap_or(()),
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

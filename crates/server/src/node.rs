@@ -1,0 +1,160 @@
+//! A node: the store, the consensus in front of it, and the node's identity.
+//!
+//! The gRPC services hold an `Arc<Node>` and nothing else; they validate a
+//! request, hand it here, and fill the response header from here.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use roster_proto::etcdserverpb::ResponseHeader;
+use roster_store::{Command, CommandKind, CommandResponse, Store};
+use tokio::sync::Notify;
+
+use crate::config::Config;
+use crate::consensus::{Consensus, ConsensusStatus};
+use crate::error::ServerError;
+use crate::standalone::Standalone;
+
+/// Name of the database file inside the data directory.
+pub const DB_FILE: &str = "roster.redb";
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// The data directory could not be created.
+    #[error("cannot create data dir {path}: {source}")]
+    DataDir {
+        /// The directory.
+        path: PathBuf,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// The database could not be opened (in use, unreadable, corrupt).
+    #[error("cannot open database {path}: {source}")]
+    Store {
+        /// The database file.
+        path: PathBuf,
+        /// What the store said.
+        source: roster_store::StoreError,
+    },
+}
+
+/// A running registry node.
+pub struct Node {
+    /// The state machine.
+    pub store: Arc<Store>,
+    consensus: Standalone,
+    /// The cluster id in response headers.
+    pub cluster_id: u64,
+    /// This member's id.
+    pub member_id: u64,
+    /// The node's configuration.
+    pub config: Config,
+    /// Client URLs to advertise (filled once listeners are bound).
+    pub client_urls: parking_lot::RwLock<Vec<String>>,
+    /// Notified when the write path fails and the node must stop.
+    pub fatal: Arc<Notify>,
+    db_path: PathBuf,
+}
+
+const META_CLUSTER_ID: &str = "cluster_id";
+const META_MEMBER_ID: &str = "member_id";
+const META_TERM: &str = "term";
+
+impl Node {
+    /// Opens the data directory, recovers the store and starts the writer.
+    pub fn open(config: Config) -> Result<Arc<Node>, OpenError> {
+        std::fs::create_dir_all(&config.data_dir).map_err(|source| OpenError::DataDir {
+            path: config.data_dir.clone(),
+            source,
+        })?;
+        let db_path = config.data_dir.join(DB_FILE);
+        let store_err = |source| OpenError::Store {
+            path: db_path.clone(),
+            source,
+        };
+        let store = Arc::new(Store::open(&db_path).map_err(store_err)?);
+
+        let ident = |name: &str| -> Result<u64, roster_store::StoreError> {
+            match store.meta(name)? {
+                Some(v) => Ok(v),
+                None => {
+                    // Ids are random per data directory, like etcd's, and
+                    // never 0, which etcd reserves for "none".
+                    let v = rand::random::<u64>().max(1);
+                    store.set_meta(name, v)?;
+                    Ok(v)
+                }
+            }
+        };
+        let cluster_id = ident(META_CLUSTER_ID).map_err(store_err)?;
+        let member_id = ident(META_MEMBER_ID).map_err(store_err)?;
+        // A single etcd member wins an election at term 2 on first start and
+        // one term higher on every restart; mirror that so tools that show
+        // the term see what they expect.
+        let term = store.meta(META_TERM).map_err(store_err)?.unwrap_or(1) + 1;
+        store.set_meta(META_TERM, term).map_err(store_err)?;
+
+        let fatal = Arc::new(Notify::new());
+        let consensus = Standalone::start(store.clone(), term, member_id, fatal.clone());
+        Ok(Arc::new(Node {
+            store,
+            consensus,
+            cluster_id,
+            member_id,
+            client_urls: parking_lot::RwLock::new(config.advertise_client_urls.clone()),
+            config,
+            fatal,
+            db_path,
+        }))
+    }
+
+    /// The consensus state.
+    pub fn status(&self) -> ConsensusStatus {
+        self.consensus.status()
+    }
+
+    /// Size of the database file.
+    pub fn db_size(&self) -> u64 {
+        self.store.size_on_disk(&self.db_path)
+    }
+
+    /// A response header; `revision` 0 means the current revision.
+    pub fn header(&self, revision: i64) -> Option<ResponseHeader> {
+        Some(ResponseHeader {
+            cluster_id: self.cluster_id,
+            member_id: self.member_id,
+            revision: if revision == 0 {
+                self.store.revision()
+            } else {
+                revision
+            },
+            raft_term: self.consensus.status().term,
+        })
+    }
+
+    /// Fills in a header the store started (it sets only the revision).
+    pub fn fill(&self, header: &mut Option<ResponseHeader>) {
+        let revision = header.as_ref().map_or(0, |h| h.revision);
+        *header = self.header(revision);
+    }
+
+    /// Proposes a write and waits for its outcome.
+    pub async fn propose(&self, kind: CommandKind) -> Result<CommandResponse, ServerError> {
+        let applied = self.consensus.propose(Command { kind: Some(kind) }).await?;
+        Ok(applied.response?)
+    }
+
+    /// Refuses requests above the configured size.
+    pub fn check_size(&self, msg: &impl prost::Message) -> Result<(), ServerError> {
+        if msg.encoded_len() > self.config.max_request_bytes {
+            return Err(ServerError::RequestTooLarge);
+        }
+        Ok(())
+    }
+
+    /// Stops the write path after the RPC layer has drained. Blocks.
+    pub fn stop(&self) {
+        self.consensus.stop();
+    }
+}

@@ -1,0 +1,94 @@
+//! Serving the gRPC API on bound listeners until shutdown.
+//!
+//! Listeners are bound by the caller (the CLI, or a test binding port 0), so
+//! "address in use" is reported before anything else starts and tests learn
+//! the real port. Shutdown is injected as a future: when it resolves, or when
+//! the write path fails, every listener stops accepting, in-flight requests
+//! finish, and then the writer drains and stops.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use roster_proto::etcdserverpb::cluster_server::ClusterServer;
+use roster_proto::etcdserverpb::kv_server::KvServer;
+use roster_proto::etcdserverpb::maintenance_server::MaintenanceServer;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::Server;
+
+use crate::config::GRPC_OVERHEAD_BYTES;
+use crate::node::Node;
+use crate::service::{cluster::ClusterService, kv::KvService, maintenance::MaintenanceService};
+
+/// How serving ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Stopped {
+    /// The shutdown future resolved.
+    Requested,
+    /// The write path failed; the node stopped to protect its data.
+    Fatal,
+}
+
+/// Serves the etcd v3 API on every listener until `shutdown` resolves or the
+/// node fails, then stops the node.
+pub async fn serve(
+    node: Arc<Node>,
+    listeners: Vec<TcpListener>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<Stopped, tonic::transport::Error> {
+    if node.client_urls.read().is_empty() {
+        let urls = listeners
+            .iter()
+            .filter_map(|l| l.local_addr().ok())
+            .map(|a| format!("http://{a}"))
+            .collect();
+        *node.client_urls.write() = urls;
+    }
+    let limit = node.config.max_request_bytes + GRPC_OVERHEAD_BYTES;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut servers = tokio::task::JoinSet::new();
+    for listener in listeners {
+        let router = Server::builder()
+            .add_service(
+                KvServer::new(KvService::new(node.clone())).max_decoding_message_size(limit),
+            )
+            .add_service(
+                MaintenanceServer::new(MaintenanceService::new(node.clone()))
+                    .max_decoding_message_size(limit),
+            )
+            .add_service(
+                ClusterServer::new(ClusterService::new(node.clone()))
+                    .max_decoding_message_size(limit),
+            );
+        let mut rx = stop_rx.clone();
+        servers.spawn(router.serve_with_incoming_shutdown(
+            TcpListenerStream::new(listener),
+            async move {
+                let _ = rx.wait_for(|stop| *stop).await;
+            },
+        ));
+    }
+
+    let why = tokio::select! {
+        _ = shutdown => Stopped::Requested,
+        _ = node.fatal.notified() => Stopped::Fatal,
+        // A listener that dies on its own takes the node down with it.
+        Some(res) = servers.join_next() => {
+            let _ = stop_tx.send(true);
+            stop_node(&node).await;
+            res.expect("server task panicked")?;
+            return Ok(Stopped::Fatal);
+        }
+    };
+    let _ = stop_tx.send(true);
+    while let Some(res) = servers.join_next().await {
+        res.expect("server task panicked")?;
+    }
+    stop_node(&node).await;
+    Ok(why)
+}
+
+async fn stop_node(node: &Arc<Node>) {
+    let node = node.clone();
+    let _ = tokio::task::spawn_blocking(move || node.stop()).await;
+}
