@@ -20,6 +20,9 @@ use crate::config::GRPC_OVERHEAD_BYTES;
 use crate::node::Node;
 use crate::service::{cluster::ClusterService, kv::KvService, maintenance::MaintenanceService};
 
+/// How long in-flight requests may run on after shutdown is asked for.
+pub const DRAIN_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// How serving ended.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Stopped {
@@ -81,8 +84,23 @@ pub async fn serve(
         }
     };
     let _ = stop_tx.send(true);
-    while let Some(res) = servers.join_next().await {
-        res.expect("server task panicked")?;
+    // In-flight requests get a grace period; a client that keeps an idle
+    // connection open must not keep the node from stopping. Cutting it is
+    // safe: every acknowledged write is already durable, and the writer
+    // still applies whatever was queued before it stops.
+    let drained = tokio::time::timeout(DRAIN_GRACE, async {
+        while let Some(res) = servers.join_next().await {
+            res.expect("server task panicked")?;
+        }
+        Ok::<(), tonic::transport::Error>(())
+    })
+    .await;
+    match drained {
+        Ok(res) => res?,
+        Err(_) => {
+            tracing::info!("closing connections still open after {DRAIN_GRACE:?}");
+            servers.abort_all();
+        }
     }
     stop_node(&node).await;
     Ok(why)

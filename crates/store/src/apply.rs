@@ -98,28 +98,43 @@ impl<'a, 't> WriteTxn<'a, 't> {
         rev
     }
 
-    /// Refuses a put that could not be applied; changes nothing.
-    fn check_put(&self, p: &PutRequest) -> Result<(), StoreError> {
+    /// Refuses a put that needs an existing key when there is none.
+    fn check_put_key(&self, p: &PutRequest) -> Result<(), StoreError> {
         if (p.ignore_value || p.ignore_lease) && self.index.get(&p.key, self.rev()).is_none() {
             return Err(StoreError::KeyNotFound);
         }
+        Ok(())
+    }
+
+    /// Refuses a put naming a lease that does not exist.
+    fn check_put_lease(&self, p: &PutRequest) -> Result<(), StoreError> {
         // Leases do not exist yet: any lease id is unknown.
-        if p.lease != 0 && !p.ignore_lease {
+        if p.lease != 0 {
             return Err(StoreError::LeaseNotFound);
         }
         Ok(())
     }
 
-    /// Applies a Put.
+    /// Refuses a put inside a txn that could not be applied; etcd checks
+    /// the key before the lease there.
+    fn check_put(&self, p: &PutRequest) -> Result<(), StoreError> {
+        self.check_put_key(p)?;
+        self.check_put_lease(p)
+    }
+
+    /// Applies a Put on its own; etcd checks the lease before the key here.
     pub fn put(&mut self, p: &PutRequest) -> Result<PutResponse, StoreError> {
-        self.check_put(p)?;
+        self.check_put_lease(p)?;
+        self.check_put_key(p)?;
+        self.put_checked(p)
+    }
+
+    /// Applies a Put whose checks have passed. It cannot be refused any
+    /// more: only a storage failure stops it.
+    fn put_checked(&mut self, p: &PutRequest) -> Result<PutResponse, StoreError> {
         let prev = self.index.get(&p.key, self.rev()).copied();
         let prev_kv = match prev {
-            Some(v) if p.prev_kv || p.ignore_value => {
-                let mut kv = self.table.record(v.rev)?;
-                kv.lease = v.lease;
-                Some(kv)
-            }
+            Some(v) if p.prev_kv || p.ignore_value => Some(self.table.record(v.rev)?),
             _ => None,
         };
         let value = match (&prev_kv, p.ignore_value) {
@@ -215,7 +230,9 @@ impl<'a, 't> WriteTxn<'a, 't> {
         let view = self.view();
         let mut path = Vec::new();
         decide_path(&view, t, &mut path)?;
-        check_path(&view, t, &path, &mut 0, &|p| self.check_put(p))?;
+        // etcd checks every put on the path before any range.
+        check_path(&view, t, &path, &mut 0, Check::Puts(&|p| self.check_put(p)))?;
+        check_path(&view, t, &path, &mut 0, Check::Ranges)?;
         let mut at = 0;
         let mut resp = self.run(t, &path, &mut at)?;
         resp.header = header(self.rev());
@@ -237,7 +254,7 @@ impl<'a, 't> WriteTxn<'a, 't> {
             use response_op::Response as Rs;
             let response = match &op.request {
                 Some(Rq::RequestRange(r)) => Some(Rs::ResponseRange(self.view().range(r)?)),
-                Some(Rq::RequestPut(p)) => Some(Rs::ResponsePut(self.put(p)?)),
+                Some(Rq::RequestPut(p)) => Some(Rs::ResponsePut(self.put_checked(p)?)),
                 Some(Rq::RequestDeleteRange(d)) => {
                     Some(Rs::ResponseDeleteRange(self.delete_range(d)?))
                 }
@@ -246,8 +263,10 @@ impl<'a, 't> WriteTxn<'a, 't> {
             };
             responses.push(ResponseOp { response });
         }
+        // etcd gives nested txn responses an empty header; the top-level
+        // one is filled in by the caller.
         Ok(TxnResponse {
-            header: None,
+            header: Some(ResponseHeader::default()),
             succeeded,
             responses,
         })
@@ -288,7 +307,7 @@ pub fn is_read_only(t: &TxnRequest) -> bool {
 pub fn read_txn(view: &View<'_>, t: &TxnRequest) -> Result<TxnResponse, StoreError> {
     let mut path = Vec::new();
     decide_path(view, t, &mut path)?;
-    check_path(view, t, &path, &mut 0, &|_| Ok(()))?;
+    check_path(view, t, &path, &mut 0, Check::Ranges)?;
     let ops = if path[0] { &t.success } else { &t.failure };
     let mut responses = Vec::with_capacity(ops.len());
     for op in ops {
@@ -326,24 +345,34 @@ fn decide_path(view: &View<'_>, t: &TxnRequest, path: &mut Vec<bool>) -> Result<
     Ok(())
 }
 
-/// Checks every op on the chosen path against the state before the txn.
+/// Which ops a pass of [`check_path`] checks.
+#[derive(Clone, Copy)]
+enum Check<'f> {
+    /// Puts, with the given check.
+    Puts(&'f dyn Fn(&PutRequest) -> Result<(), StoreError>),
+    /// Ranges: revision and sort options.
+    Ranges,
+}
+
+/// Checks ops of one kind on the chosen path against the state before the
+/// txn.
 fn check_path(
     view: &View<'_>,
     t: &TxnRequest,
     path: &[bool],
     at: &mut usize,
-    check_put: &dyn Fn(&PutRequest) -> Result<(), StoreError>,
+    check: Check<'_>,
 ) -> Result<(), StoreError> {
     let ok = path[*at];
     *at += 1;
     for op in if ok { &t.success } else { &t.failure } {
-        match &op.request {
-            Some(request_op::Request::RequestRange(r)) => check_range(view, r)?,
-            Some(request_op::Request::RequestPut(p)) => check_put(p)?,
-            Some(request_op::Request::RequestTxn(inner)) => {
-                check_path(view, inner, path, at, check_put)?
+        match (&op.request, &check) {
+            (Some(request_op::Request::RequestRange(r)), Check::Ranges) => check_range(view, r)?,
+            (Some(request_op::Request::RequestPut(p)), Check::Puts(f)) => f(p)?,
+            (Some(request_op::Request::RequestTxn(inner)), _) => {
+                check_path(view, inner, path, at, check)?
             }
-            Some(request_op::Request::RequestDeleteRange(_)) | None => {}
+            _ => {}
         }
     }
     Ok(())

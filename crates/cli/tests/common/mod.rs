@@ -1,0 +1,208 @@
+//! Test harness: real server processes on loopback.
+//!
+//! [`Roster`] runs the `roster` binary built by this package; [`Etcd`] runs
+//! the real etcd from the Debian `etcd-server` package. Both wait for the
+//! server's "ready to serve client requests" line, keep draining its output
+//! so it never blocks on a full pipe, and kill the process when dropped.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// How long a server may take to become ready.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A running `roster serve`.
+pub struct Roster {
+    child: Child,
+    /// `127.0.0.1:PORT`, what etcd clients take as an endpoint.
+    pub endpoint: String,
+    /// The data directory (kept on drop when it was passed in).
+    pub data_dir: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+/// Spawns `cmd` with stderr piped, waits until a line containing `marker`
+/// appears and returns the lines seen so far; the rest of stderr (and stdout)
+/// is drained in the background.
+fn spawn_until_ready(mut cmd: Command, marker: &'static str) -> (Child, Vec<String>) {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+    let stderr = child.stderr.take().expect("piped stderr");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut seen = Vec::new();
+        let mut tx = Some(tx);
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if std::env::var_os("ROSTER_TEST_VERBOSE").is_some() {
+                eprintln!("[server] {line}");
+            }
+            if let Some(t) = &tx {
+                seen.push(line.clone());
+                if line.contains(marker) {
+                    let _ = t.send(Ok(std::mem::take(&mut seen)));
+                    tx = None;
+                }
+            }
+        }
+        if let Some(t) = tx {
+            let _ = t.send(Err(seen));
+        }
+    });
+    match rx.recv_timeout(READY_TIMEOUT) {
+        Ok(Ok(lines)) => (child, lines),
+        Ok(Err(lines)) => {
+            let _ = child.kill();
+            panic!("server exited before it was ready:\n{}", lines.join("\n"));
+        }
+        Err(_) => {
+            let _ = child.kill();
+            panic!("server not ready after {READY_TIMEOUT:?}");
+        }
+    }
+}
+
+impl Roster {
+    /// Starts a server on a fresh temporary data directory.
+    pub fn start() -> Roster {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let mut r = Roster::start_in(tmp.path(), &[]);
+        r._tmp = Some(tmp);
+        r
+    }
+
+    /// Starts a server on `data_dir` with extra flags, listening on a port
+    /// chosen by the OS.
+    pub fn start_in(data_dir: &Path, extra: &[&str]) -> Roster {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_roster"));
+        cmd.arg("serve")
+            .arg("--data-dir")
+            .arg(data_dir)
+            .arg("--listen-client-urls")
+            .arg("http://127.0.0.1:0")
+            .args(extra)
+            .env("RUST_LOG", "warn");
+        let marker = "ready to serve client requests on http://";
+        let (child, lines) = spawn_until_ready(cmd, marker);
+        let line = lines
+            .iter()
+            .find(|l| l.contains(marker))
+            .expect("ready line");
+        let endpoint = line
+            .rsplit("http://")
+            .next()
+            .expect("address")
+            .trim()
+            .to_string();
+        Roster {
+            child,
+            endpoint,
+            data_dir: data_dir.to_path_buf(),
+            _tmp: None,
+        }
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.endpoint)
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Kills the server with SIGKILL and waits for it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Stops the server with SIGTERM and returns its exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        self.child.wait().expect("wait for roster")
+    }
+}
+
+impl Drop for Roster {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// Path of the etcd server binary (Debian's `etcd-server` package).
+pub fn etcd_binary() -> PathBuf {
+    for p in ["/usr/bin/etcd", "/usr/local/bin/etcd"] {
+        if Path::new(p).exists() {
+            return PathBuf::from(p);
+        }
+    }
+    panic!("etcd is not installed: run ./scripts/test.sh, which installs the Debian etcd-server package");
+}
+
+/// A running single-member etcd.
+pub struct Etcd {
+    child: Child,
+    /// `127.0.0.1:PORT`.
+    pub endpoint: String,
+    _tmp: tempfile::TempDir,
+}
+
+impl Etcd {
+    /// Starts a fresh etcd on free loopback ports.
+    pub fn start() -> Etcd {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let client = format!("http://127.0.0.1:{}", free_port());
+        let peer = format!("http://127.0.0.1:{}", free_port());
+        let mut cmd = Command::new(etcd_binary());
+        cmd.arg("--name")
+            .arg("default")
+            .arg("--data-dir")
+            .arg(tmp.path().join("etcd"))
+            .arg("--listen-client-urls")
+            .arg(&client)
+            .arg("--advertise-client-urls")
+            .arg(&client)
+            .arg("--listen-peer-urls")
+            .arg(&peer)
+            .arg("--initial-advertise-peer-urls")
+            .arg(&peer)
+            .arg("--initial-cluster")
+            .arg(format!("default={peer}"));
+        let (child, _) = spawn_until_ready(cmd, "ready to serve client requests");
+        Etcd {
+            child,
+            endpoint: client.trim_start_matches("http://").to_string(),
+            _tmp: tmp,
+        }
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
