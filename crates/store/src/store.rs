@@ -15,6 +15,7 @@
 //!   records it may ask for are still in its snapshot.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::{Mutex, RwLock};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata};
@@ -75,6 +76,9 @@ pub struct Store {
     state: RwLock<State>,
     /// Records dropped from the index, still to be deleted from redb.
     garbage: Mutex<Vec<Revision>>,
+    /// Durable commits made by `apply_batch`: with group commit, fewer than
+    /// the commands applied.
+    batches: AtomicU64,
 }
 
 impl Store {
@@ -125,6 +129,7 @@ impl Store {
                 applied_index,
             }),
             garbage: Mutex::new(garbage),
+            batches: AtomicU64::new(0),
         };
         store.finish_compaction()?;
         Ok(store)
@@ -143,6 +148,12 @@ impl Store {
     /// The log index of the last applied command.
     pub fn applied_index(&self) -> u64 {
         self.state.read().applied_index
+    }
+
+    /// How many batches `apply_batch` has committed since open (one fsync
+    /// each).
+    pub fn batches_committed(&self) -> u64 {
+        self.batches.load(Ordering::Relaxed)
     }
 
     /// The size of the database file in bytes (as etcd reports `dbSize`).
@@ -202,6 +213,7 @@ impl Store {
             meta.insert(META_APPLIED_INDEX, applied_index)?;
         }
         tx.commit()?;
+        self.batches.fetch_add(1, Ordering::Relaxed);
 
         let mut st = self.state.write();
         st.published_rev = rev;
