@@ -1,7 +1,7 @@
 //! A Roster node: the etcd v3 gRPC API over the MVCC store.
 //!
 //! The ladder, top to bottom, each rung knowing only the one below:
-//! - [`serve`]: listeners and graceful shutdown.
+//! - [`mod@serve`]: listeners and graceful shutdown.
 //! - [`service`]: one thin gRPC service per etcd service — validate
 //!   ([`validate`]), call the node, map errors once ([`error`]), fill headers.
 //! - [`node`]: the store, the node identity, and the consensus in front of

@@ -8,7 +8,7 @@ use roster_proto::etcdserverpb::cluster_server::Cluster;
 use roster_proto::etcdserverpb::{
     Member, MemberAddRequest, MemberAddResponse, MemberListRequest, MemberListResponse,
     MemberPromoteRequest, MemberPromoteResponse, MemberRemoveRequest, MemberRemoveResponse,
-    MemberUpdateRequest, MemberUpdateResponse,
+    MemberUpdateRequest, MemberUpdateResponse, ResponseHeader,
 };
 use tonic::Request;
 
@@ -51,8 +51,10 @@ impl Cluster for ClusterService {
             client_ur_ls: n.client_urls.read().clone(),
             is_learner: false,
         };
+        // etcd's Cluster service headers carry no revision.
+        let header = n.header(0).map(|h| ResponseHeader { revision: 0, ..h });
         reply(Ok(MemberListResponse {
-            header: n.header(0),
+            header,
             members: vec![member],
         }))
     }
