@@ -29,7 +29,10 @@ async fn concurrent_puts_share_batches() {
     }
     let mut revisions = BTreeSet::new();
     while let Some(rev) = tasks.join_next().await {
-        assert!(revisions.insert(rev.unwrap()), "a revision was handed out twice");
+        assert!(
+            revisions.insert(rev.unwrap()),
+            "a revision was handed out twice"
+        );
     }
     // Revisions 2..=201: one per put, no gap.
     assert_eq!(revisions.first(), Some(&2));

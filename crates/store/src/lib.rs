@@ -23,7 +23,7 @@
 //! - [`backend`]: the redb tables and their encoding.
 //! - [`read`]: evaluation of ranges and compares against a view of the index.
 //! - [`apply`]: the write commands.
-//! - [`store`]: the [`Store`] that ties them together and guards concurrency.
+//! - `store`: the [`Store`] that ties them together and guards concurrency.
 
 pub mod apply;
 pub mod backend;
