@@ -34,6 +34,8 @@ use crate::read::View;
 
 /// The revision of an empty store, as in etcd: the first write makes 2.
 const FIRST_REV: i64 = 1;
+/// The compacted revision of a store that was never compacted.
+const NEVER_COMPACTED: i64 = -1;
 
 /// A successful command's answer.
 #[derive(Debug, Clone, PartialEq)]
@@ -93,7 +95,9 @@ impl Store {
                 Ok(meta.get(k)?.map(|g| g.value()))
             };
             let current = get(META_CURRENT_REV)?.map_or(FIRST_REV, |v| v as i64);
-            let compact = get(META_COMPACT_REV)?.unwrap_or(0) as i64;
+            // Never compacted: -1, as in etcd, so that compacting to 0 (or to
+            // the first revision) is accepted on a fresh store.
+            let compact = get(META_COMPACT_REV)?.map_or(NEVER_COMPACTED, |v| v as i64);
             let applied_index = get(META_APPLIED_INDEX)?.unwrap_or(0);
             let mut index = KeyIndex::default();
             for item in kv.iter()? {
@@ -140,7 +144,7 @@ impl Store {
         self.state.read().published_rev
     }
 
-    /// The revision history has been compacted to.
+    /// The revision history has been compacted to; -1 if never compacted.
     pub fn compact_revision(&self) -> i64 {
         self.state.read().compact_rev
     }
@@ -209,7 +213,9 @@ impl Store {
         {
             let mut meta = tx.open_table(META)?;
             meta.insert(META_CURRENT_REV, rev as u64)?;
-            meta.insert(META_COMPACT_REV, compact as u64)?;
+            if compact != NEVER_COMPACTED {
+                meta.insert(META_COMPACT_REV, compact as u64)?;
+            }
             meta.insert(META_APPLIED_INDEX, applied_index)?;
         }
         tx.commit()?;

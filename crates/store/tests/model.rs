@@ -374,7 +374,7 @@ impl Model {
     fn new() -> Self {
         Model {
             history: vec![Snapshot::new(), Snapshot::new()],
-            compacted: 0,
+            compacted: -1,
             changes: Vec::new(),
         }
     }
@@ -879,7 +879,7 @@ impl Harness {
                     self.store()
                         .finish_compaction()
                         .map_err(|e| fail("finish_compaction", e))?;
-                    self.cleaned = self.model.compacted;
+                    self.cleaned = self.model.compacted.max(0);
                 }
             }
             Step::Range(r) => {
@@ -904,7 +904,7 @@ impl Harness {
                 self.store = None;
                 self.store = Some(Store::open(&self.path).map_err(|e| fail("reopen", e))?);
                 // Opening redoes any cleanup a crash could have lost.
-                self.cleaned = self.model.compacted;
+                self.cleaned = self.model.compacted.max(0);
                 self.check_history()?;
             }
         }

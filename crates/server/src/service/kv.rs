@@ -91,11 +91,13 @@ impl Kv for KvService {
         let r = req.into_inner();
         reply(
             async {
-                self.node.check_size(&r)?;
                 validate::txn(&r, self.node.config.max_txn_ops)?;
+                // Like etcd, only what enters the log is held to the size
+                // limit; a txn that can only read never does.
                 let mut resp = if is_read_only(&r) {
                     self.node.store.txn_read(&r)?
                 } else {
+                    self.node.check_size(&r)?;
                     expect_response!(self.write(CommandKind::Txn(r)).await?, Txn)
                 };
                 self.node.fill(&mut resp.header);
