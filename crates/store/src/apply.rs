@@ -15,20 +15,25 @@
 use redb::Table;
 use roster_proto::etcdserverpb::{
     range_request::SortOrder, range_request::SortTarget, request_op, response_op,
-    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest,
-    PutResponse, RangeRequest, RequestOp, ResponseHeader, ResponseOp, TxnRequest, TxnResponse,
+    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse,
+    LeaseCheckpointRequest, LeaseCheckpointResponse, LeaseGrantRequest, LeaseGrantResponse,
+    LeaseRevokeRequest, LeaseRevokeResponse, PutRequest, PutResponse, RangeRequest, RequestOp,
+    ResponseHeader, ResponseOp, TxnRequest, TxnResponse,
 };
 use roster_proto::mvccpb::{event::EventType, Event, KeyValue};
 
 use crate::backend::{encode, Records};
 use crate::error::StoreError;
 use crate::index::{KeyIndex, KeyRange, Revision, Version};
+use crate::lease::{Lease, LeaseTable};
 use crate::read::View;
 
 /// One write transaction in progress.
 pub struct WriteTxn<'a, 't> {
     index: &'a mut KeyIndex,
     table: &'a mut Table<'t, u128, &'static [u8]>,
+    leases: &'a mut LeaseTable,
+    lease_table: &'a mut Table<'t, i64, &'static [u8]>,
     begin_rev: i64,
     compact_rev: i64,
     sub: i64,
@@ -47,12 +52,16 @@ impl<'a, 't> WriteTxn<'a, 't> {
     pub fn new(
         index: &'a mut KeyIndex,
         table: &'a mut Table<'t, u128, &'static [u8]>,
+        leases: &'a mut LeaseTable,
+        lease_table: &'a mut Table<'t, i64, &'static [u8]>,
         begin_rev: i64,
         compact_rev: i64,
     ) -> Self {
         WriteTxn {
             index,
             table,
+            leases,
+            lease_table,
             begin_rev,
             compact_rev,
             sub: 0,
@@ -108,8 +117,7 @@ impl<'a, 't> WriteTxn<'a, 't> {
 
     /// Refuses a put naming a lease that does not exist.
     fn check_put_lease(&self, p: &PutRequest) -> Result<(), StoreError> {
-        // Leases do not exist yet: any lease id is unknown.
-        if p.lease != 0 {
+        if p.lease != 0 && !self.leases.contains(p.lease) {
             return Err(StoreError::LeaseNotFound);
         }
         Ok(())
@@ -164,6 +172,8 @@ impl<'a, 't> WriteTxn<'a, 't> {
         self.table
             .insert(rev.to_u128(), encode(&kv, false).as_slice())?;
         self.index.push(&p.key, version);
+        self.leases
+            .reattach(&p.key, prev.map_or(0, |v| v.lease), lease);
         self.events.push(Event {
             r#type: EventType::Put as i32,
             kv: Some(kv),
@@ -193,35 +203,99 @@ impl<'a, 't> WriteTxn<'a, 't> {
                 prev_kvs.extend(view.get(k)?);
             }
         }
-        for (key, _) in &doomed {
-            let rev = self.next_rev();
-            let kv = KeyValue {
-                key: key.clone(),
-                mod_revision: rev.main,
-                ..Default::default()
-            };
-            self.table
-                .insert(rev.to_u128(), encode(&kv, true).as_slice())?;
-            self.index.push(
-                key,
-                Version {
-                    rev,
-                    create: 0,
-                    version: 0,
-                    lease: 0,
-                    tombstone: true,
-                },
-            );
-            self.events.push(Event {
-                r#type: EventType::Delete as i32,
-                kv: Some(kv),
-                prev_kv: None,
-            });
+        for (key, v) in &doomed {
+            self.delete_key(key, v.lease)?;
         }
         Ok(DeleteRangeResponse {
             header: header(self.rev()),
             deleted: doomed.len() as i64,
             prev_kvs,
+        })
+    }
+
+    /// Writes a tombstone for a live key and detaches it from its lease.
+    fn delete_key(&mut self, key: &[u8], lease: i64) -> Result<(), StoreError> {
+        let rev = self.next_rev();
+        let kv = KeyValue {
+            key: key.to_vec(),
+            mod_revision: rev.main,
+            ..Default::default()
+        };
+        self.table
+            .insert(rev.to_u128(), encode(&kv, true).as_slice())?;
+        self.index.push(
+            key,
+            Version {
+                rev,
+                create: 0,
+                version: 0,
+                lease: 0,
+                tombstone: true,
+            },
+        );
+        self.leases.reattach(key, lease, 0);
+        self.events.push(Event {
+            r#type: EventType::Delete as i32,
+            kv: Some(kv),
+            prev_kv: None,
+        });
+        Ok(())
+    }
+
+    /// Applies a LeaseGrant. The id and the TTL arrive final: the proposer
+    /// chose the id and applied the TTL bounds, so replicas agree.
+    pub fn lease_grant(&mut self, g: &LeaseGrantRequest) -> Result<LeaseGrantResponse, StoreError> {
+        if g.id == 0 {
+            return Err(StoreError::Invalid("lease id 0"));
+        }
+        if self.leases.contains(g.id) {
+            return Err(StoreError::LeaseExists);
+        }
+        let lease = Lease {
+            ttl: g.ttl,
+            remaining: -1,
+            keys: Default::default(),
+        };
+        self.lease_table.insert(g.id, lease.encode().as_slice())?;
+        self.leases.insert(g.id, lease);
+        Ok(LeaseGrantResponse {
+            header: header(self.rev()),
+            id: g.id,
+            ttl: g.ttl,
+            error: String::new(),
+        })
+    }
+
+    /// Applies a LeaseRevoke: every attached key is deleted, all at one
+    /// revision, then the lease is gone.
+    pub fn lease_revoke(
+        &mut self,
+        r: &LeaseRevokeRequest,
+    ) -> Result<LeaseRevokeResponse, StoreError> {
+        let lease = self.leases.remove(r.id).ok_or(StoreError::LeaseNotFound)?;
+        self.lease_table.remove(r.id)?;
+        for key in &lease.keys {
+            self.delete_key(key, 0)?;
+        }
+        Ok(LeaseRevokeResponse {
+            header: header(self.rev()),
+        })
+    }
+
+    /// Applies a LeaseCheckpoint: records remaining TTLs; leases that are
+    /// gone by now are skipped.
+    pub fn lease_checkpoint(
+        &mut self,
+        c: &LeaseCheckpointRequest,
+    ) -> Result<LeaseCheckpointResponse, StoreError> {
+        for cp in &c.checkpoints {
+            if let Some(l) = self.leases.checkpoint(cp.id, cp.remaining_ttl) {
+                let bytes = l.encode();
+                self.lease_table.insert(cp.id, bytes.as_slice())?;
+            }
+        }
+        Ok(LeaseCheckpointResponse {
+            header: header(self.rev()),
         })
     }
 

@@ -19,6 +19,9 @@ pub enum StoreError {
     /// A write referred to a lease that does not exist.
     #[error("requested lease not found")]
     LeaseNotFound,
+    /// A lease with the requested id already exists.
+    #[error("lease already exists")]
+    LeaseExists,
     /// The request was malformed in a way validation should have caught.
     #[error("invalid request: {0}")]
     Invalid(&'static str),

@@ -21,6 +21,7 @@
 //! - [`index`]: the in-memory key index, key → list of versions, rebuilt from
 //!   redb on open.
 //! - [`backend`]: the redb tables and their encoding.
+//! - [`lease`]: leases and the keys attached to them.
 //! - [`read`]: evaluation of ranges and compares against a view of the index.
 //! - [`apply`]: the write commands.
 //! - `store`: the [`Store`] that ties them together and guards concurrency.
@@ -29,6 +30,7 @@ pub mod apply;
 pub mod backend;
 pub mod error;
 pub mod index;
+pub mod lease;
 pub mod read;
 mod store;
 

@@ -20,16 +20,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use parking_lot::{Mutex, RwLock};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata};
 use roster_proto::etcdserverpb::{
-    CompactionResponse, DeleteRangeResponse, PutResponse, RangeRequest, RangeResponse, TxnRequest,
-    TxnResponse,
+    CompactionResponse, DeleteRangeResponse, LeaseCheckpointResponse, LeaseGrantResponse,
+    LeaseRevokeResponse, PutResponse, RangeRequest, RangeResponse, TxnRequest, TxnResponse,
 };
-use roster_proto::mvccpb::Event;
+use roster_proto::mvccpb::{event::EventType, Event, KeyValue};
 use roster_proto::roster::{command::Kind, Command};
 
 use crate::apply::{read_txn, WriteTxn};
 use crate::backend::{decode, KV, META, META_APPLIED_INDEX, META_COMPACT_REV, META_CURRENT_REV};
 use crate::error::StoreError;
-use crate::index::{KeyIndex, Revision, Version};
+use crate::index::{KeyIndex, KeyRange, Revision, Version};
+use crate::lease::{Lease, LeaseTable, LEASES};
 use crate::read::View;
 
 /// The revision of an empty store, as in etcd: the first write makes 2.
@@ -48,6 +49,12 @@ pub enum CommandResponse {
     Txn(TxnResponse),
     /// Answer to a Compact.
     Compact(CompactionResponse),
+    /// Answer to a LeaseGrant.
+    LeaseGrant(LeaseGrantResponse),
+    /// Answer to a LeaseRevoke.
+    LeaseRevoke(LeaseRevokeResponse),
+    /// Answer to a LeaseCheckpoint.
+    LeaseCheckpoint(LeaseCheckpointResponse),
 }
 
 /// What applying one command produced.
@@ -61,6 +68,7 @@ pub struct Applied {
 
 struct State {
     index: KeyIndex,
+    leases: LeaseTable,
     /// Highest revision readers may see: everything up to it is durable.
     published_rev: i64,
     /// Highest revision applied (equal to `published_rev` between batches).
@@ -88,9 +96,10 @@ impl Store {
     pub fn open(path: &Path) -> Result<Store, StoreError> {
         let db = Database::create(path)?;
         let tx = db.begin_write()?;
-        let (index, current, compact, applied_index) = {
+        let (index, leases, current, compact, applied_index) = {
             let kv = tx.open_table(KV)?;
             let meta = tx.open_table(META)?;
+            let lease_rows = tx.open_table(LEASES)?;
             let get = |k: &str| -> Result<Option<u64>, StoreError> {
                 Ok(meta.get(k)?.map(|g| g.value()))
             };
@@ -115,7 +124,18 @@ impl Store {
                     },
                 );
             }
-            (index, current, compact, applied_index)
+            let mut leases = LeaseTable::default();
+            for item in lease_rows.iter()? {
+                let (id, row) = item?;
+                let lease = Lease::decode(row.value()).ok_or_else(|| {
+                    StoreError::Storage(format!("bad lease record {}", id.value()))
+                })?;
+                leases.insert(id.value(), lease);
+            }
+            for (key, v) in index.range(&KeyRange::Span(Vec::new(), None), current) {
+                leases.reattach(key, 0, v.lease);
+            }
+            (index, leases, current, compact, applied_index)
         };
         tx.commit()?;
         let mut index = index;
@@ -126,6 +146,7 @@ impl Store {
             db,
             state: RwLock::new(State {
                 index,
+                leases,
                 published_rev: current,
                 applied_rev: current,
                 compact_rev: compact,
@@ -179,10 +200,13 @@ impl Store {
             let mut st = self.state.write();
             let st = &mut *st;
             let mut kv = tx.open_table(KV)?;
+            let mut lease_rows = tx.open_table(LEASES)?;
             for (log_index, cmd) in commands {
                 let mut w = WriteTxn::new(
                     &mut st.index,
                     &mut kv,
+                    &mut st.leases,
+                    &mut lease_rows,
                     st.applied_rev,
                     st.pending_compact_rev,
                 );
@@ -193,6 +217,13 @@ impl Store {
                     }
                     Some(Kind::Txn(t)) => w.txn(t).map(CommandResponse::Txn),
                     Some(Kind::Compact(c)) => w.compact(c).map(CommandResponse::Compact),
+                    Some(Kind::LeaseGrant(g)) => w.lease_grant(g).map(CommandResponse::LeaseGrant),
+                    Some(Kind::LeaseRevoke(r)) => {
+                        w.lease_revoke(r).map(CommandResponse::LeaseRevoke)
+                    }
+                    Some(Kind::LeaseCheckpoint(c)) => {
+                        w.lease_checkpoint(c).map(CommandResponse::LeaseCheckpoint)
+                    }
                     None => Err(StoreError::Invalid("empty command")),
                 };
                 if let Err(e) = &response {
@@ -278,6 +309,89 @@ impl Store {
     /// without going through the write path.
     pub fn txn_read(&self, t: &TxnRequest) -> Result<TxnResponse, StoreError> {
         self.with_view(|v| read_txn(v, t))
+    }
+
+    /// The lease `id`: granted TTL, checkpointed remaining TTL and keys.
+    pub fn lease(&self, id: i64) -> Option<Lease> {
+        self.state.read().leases.get(id).cloned()
+    }
+
+    /// Every lease: id, granted TTL and checkpointed remaining TTL (-1 if
+    /// never checkpointed).
+    pub fn leases(&self) -> Vec<(i64, i64, i64)> {
+        let st = self.state.read();
+        st.leases
+            .iter()
+            .map(|(id, l)| (id, l.ttl, l.remaining))
+            .collect()
+    }
+
+    /// The live `KeyValue` of `key` at revision `rev`, if it existed then and
+    /// that history is still retained.
+    pub fn kv_at(&self, key: &[u8], rev: i64) -> Result<Option<KeyValue>, StoreError> {
+        self.with_view(|v| {
+            let view = View { rev, ..*v };
+            view.get(key)
+        })
+    }
+
+    /// Changes to keys in `range` from revision `from` on, as watch events
+    /// in revision order, read from storage.
+    ///
+    /// Reads whole revisions until at least `limit` events are collected (a
+    /// revision is never split), and returns the events with the last
+    /// revision covered: the next call should start one above it. Fails
+    /// with `Compacted` when `from` is below the compacted revision.
+    pub fn events(
+        &self,
+        from: i64,
+        range: &KeyRange,
+        limit: usize,
+    ) -> Result<(Vec<Event>, i64), StoreError> {
+        let st = self.state.read();
+        if from < st.compact_rev {
+            return Err(StoreError::Compacted);
+        }
+        let upto = st.published_rev;
+        let tx = self.db.begin_read()?;
+        drop(st);
+        let kv = tx.open_table(KV)?;
+        let start = Revision { main: from, sub: 0 }.to_u128();
+        let end = Revision {
+            main: upto + 1,
+            sub: 0,
+        }
+        .to_u128();
+        let limit = limit.max(1);
+        let mut events = Vec::new();
+        let mut last = upto;
+        let mut current = None;
+        for item in kv.range(start..end)? {
+            let (rev, rec) = item?;
+            let rev = Revision::from_u128(rev.value());
+            if current != Some(rev.main) {
+                // A new revision starts: the previous one is complete.
+                if let (Some(done), true) = (current, events.len() >= limit) {
+                    last = done;
+                    break;
+                }
+                current = Some(rev.main);
+            }
+            let (kv, tombstone) = decode(rec.value())?;
+            if range.contains(&kv.key) {
+                let r#type = if tombstone {
+                    EventType::Delete
+                } else {
+                    EventType::Put
+                };
+                events.push(Event {
+                    r#type: r#type as i32,
+                    kv: Some(kv),
+                    prev_kv: None,
+                });
+            }
+        }
+        Ok((events, last))
     }
 
     /// Number of records in storage, tombstones and old versions included.
