@@ -34,6 +34,9 @@ pub enum ServerError {
     /// A txn writing one key twice, or putting a key it also deletes.
     #[error("duplicate key given in txn request")]
     DuplicateKey,
+    /// A lease TTL above the maximum.
+    #[error("too large lease TTL")]
+    LeaseTtlTooLarge,
     /// A request above the configured size limit.
     #[error("request is too large")]
     RequestTooLarge,
@@ -62,6 +65,10 @@ impl From<ServerError> for Status {
                 (Code::InvalidArgument, "etcdserver: key not found")
             }
             E::Store(S::LeaseNotFound) => (Code::NotFound, "etcdserver: requested lease not found"),
+            E::Store(S::LeaseExists) => {
+                (Code::FailedPrecondition, "etcdserver: lease already exists")
+            }
+            E::LeaseTtlTooLarge => (Code::OutOfRange, "etcdserver: too large lease TTL"),
             E::Store(S::Invalid(_)) | E::InvalidSortOption => {
                 (Code::InvalidArgument, "etcdserver: invalid sort option")
             }

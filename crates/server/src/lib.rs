@@ -17,6 +17,7 @@
 pub mod config;
 pub mod consensus;
 pub mod error;
+pub mod lessor;
 pub mod node;
 pub mod serve;
 pub mod service;

@@ -13,6 +13,7 @@ use tokio::sync::Notify;
 use crate::config::Config;
 use crate::consensus::{Consensus, ConsensusStatus};
 use crate::error::ServerError;
+use crate::lessor::Lessor;
 use crate::standalone::Standalone;
 
 /// Name of the database file inside the data directory.
@@ -52,6 +53,8 @@ pub struct Node {
     pub config: Config,
     /// Client URLs to advertise (filled once listeners are bound).
     pub client_urls: parking_lot::RwLock<Vec<String>>,
+    /// Lease deadlines.
+    pub lessor: Lessor,
     /// Notified when the write path fails and the node must stop.
     pub fatal: Arc<Notify>,
     db_path: PathBuf,
@@ -95,6 +98,7 @@ impl Node {
         let term = store.meta(META_TERM).map_err(store_err)?.unwrap_or(1) + 1;
         store.set_meta(META_TERM, term).map_err(store_err)?;
 
+        let lessor = Lessor::recover(&store.leases());
         let fatal = Arc::new(Notify::new());
         let consensus = Standalone::start(store.clone(), term, member_id, fatal.clone());
         Ok(Arc::new(Node {
@@ -104,6 +108,7 @@ impl Node {
             member_id,
             client_urls: parking_lot::RwLock::new(config.advertise_client_urls.clone()),
             config,
+            lessor,
             fatal,
             db_path,
         }))

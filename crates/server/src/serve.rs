@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use roster_proto::etcdserverpb::cluster_server::ClusterServer;
 use roster_proto::etcdserverpb::kv_server::KvServer;
+use roster_proto::etcdserverpb::lease_server::LeaseServer;
 use roster_proto::etcdserverpb::maintenance_server::MaintenanceServer;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -18,7 +19,9 @@ use tonic::transport::Server;
 
 use crate::config::GRPC_OVERHEAD_BYTES;
 use crate::node::Node;
-use crate::service::{cluster::ClusterService, kv::KvService, maintenance::MaintenanceService};
+use crate::service::{
+    cluster::ClusterService, kv::KvService, lease::LeaseService, maintenance::MaintenanceService,
+};
 
 /// How long in-flight requests may run on after shutdown is asked for.
 pub const DRAIN_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
@@ -60,6 +63,9 @@ pub async fn serve(
                     .max_decoding_message_size(limit),
             )
             .add_service(
+                LeaseServer::new(LeaseService::new(node.clone())).max_decoding_message_size(limit),
+            )
+            .add_service(
                 ClusterServer::new(ClusterService::new(node.clone()))
                     .max_decoding_message_size(limit),
             );
@@ -70,6 +76,14 @@ pub async fn serve(
                 let _ = rx.wait_for(|stop| *stop).await;
             },
         ));
+    }
+
+    let mut background = tokio::task::JoinSet::new();
+    {
+        let mut rx = stop_rx.clone();
+        background.spawn(crate::lessor::run(node.clone(), async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        }));
     }
 
     let why = tokio::select! {
@@ -102,6 +116,7 @@ pub async fn serve(
             servers.abort_all();
         }
     }
+    while background.join_next().await.is_some() {}
     stop_node(&node).await;
     Ok(why)
 }

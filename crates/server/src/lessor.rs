@@ -1,0 +1,236 @@
+//! The lessor: when leases expire, decided by this node's clock.
+//!
+//! The store knows which leases exist and which keys hang on them; it has no
+//! clock. The lessor keeps each lease's deadline in memory. A keepalive moves
+//! the deadline and touches nothing else — it is not logged and costs no
+//! disk write. A background loop ([`run`]) proposes a revoke for each lease
+//! whose deadline has passed, through the same write path as a client's
+//! revoke, so the keys are deleted at one revision on every replica.
+//!
+//! ## Restarts: the remaining-TTL rule
+//!
+//! etcd once handed every lease a fresh full TTL on restart (its issue
+//! #9395): a node restarting more often than the TTL kept dead owners' keys
+//! forever. Its fix, checkpointing (#9924), records remaining TTLs in the log.
+//! Roster does the same, with this rule:
+//!
+//! - Every [`CHECKPOINT_INTERVAL`] the loop proposes one `LeaseCheckpoint`
+//!   command holding the remaining TTL of every lease whose TTL is longer
+//!   than the interval (shorter ones would gain little from it).
+//! - On start, a lease's deadline is *now + its last checkpointed remaining
+//!   TTL*, or *now + its full TTL* if it was never checkpointed (granted less
+//!   than one interval before the stop, or short).
+//! - Time does not run for a lease while the node is down, as in etcd.
+//!
+//! So a dead owner's lease outlives its true deadline by at most one
+//! checkpoint interval plus the downtime — never a fresh TTL per restart.
+//! A live owner keeps its lease: it renews every TTL/3, so any checkpoint
+//! records at least about 2/3 of the TTL for it, and that much time after
+//! the restart is enough for its next keepalive to arrive.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use roster_proto::etcdserverpb::{LeaseCheckpoint, LeaseCheckpointRequest, LeaseRevokeRequest};
+use roster_store::{CommandKind, StoreError};
+use tokio::time::Instant;
+
+use crate::error::ServerError;
+use crate::node::Node;
+
+/// The shortest TTL granted, in seconds; shorter requests are raised to it.
+/// etcd derives the same 2 s from its default election timeout.
+pub const MIN_TTL: i64 = 2;
+/// The longest TTL accepted, in seconds (etcd's limit).
+pub const MAX_TTL: i64 = 9_000_000_000;
+/// How often remaining TTLs are checkpointed.
+pub const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(5);
+/// How often expiry is checked: expired leases are revoked within this much
+/// of their deadline, plus the time of one write.
+pub const EXPIRY_TICK: Duration = Duration::from_millis(100);
+
+struct Entry {
+    ttl: i64,
+    deadline: Instant,
+}
+
+#[derive(Default)]
+struct Inner {
+    leases: HashMap<i64, Entry>,
+    /// Deadlines in order, for finding the expired ones cheaply.
+    queue: BTreeSet<(Instant, i64)>,
+}
+
+/// Lease deadlines.
+pub struct Lessor {
+    inner: Mutex<Inner>,
+}
+
+fn secs(s: i64) -> Duration {
+    Duration::from_secs(s.clamp(0, MAX_TTL) as u64)
+}
+
+impl Lessor {
+    /// Restores deadlines for the leases in the store, by the rule above:
+    /// `(id, granted ttl, checkpointed remaining or -1)`.
+    pub fn recover(leases: &[(i64, i64, i64)]) -> Lessor {
+        let now = Instant::now();
+        let mut inner = Inner::default();
+        for &(id, ttl, remaining) in leases {
+            let left = if remaining > 0 {
+                remaining.min(ttl)
+            } else {
+                ttl
+            };
+            let deadline = now + secs(left);
+            inner.leases.insert(id, Entry { ttl, deadline });
+            inner.queue.insert((deadline, id));
+        }
+        Lessor {
+            inner: Mutex::new(inner),
+        }
+    }
+
+    fn set(inner: &mut Inner, id: i64, ttl: i64, deadline: Instant) {
+        if let Some(old) = inner.leases.insert(id, Entry { ttl, deadline }) {
+            inner.queue.remove(&(old.deadline, id));
+        }
+        inner.queue.insert((deadline, id));
+    }
+
+    /// A lease was granted: its clock starts now.
+    pub fn granted(&self, id: i64, ttl: i64) {
+        Self::set(&mut self.inner.lock(), id, ttl, Instant::now() + secs(ttl));
+    }
+
+    /// A lease was revoked (by a client or by expiry).
+    pub fn revoked(&self, id: i64) {
+        let mut inner = self.inner.lock();
+        if let Some(old) = inner.leases.remove(&id) {
+            inner.queue.remove(&(old.deadline, id));
+        }
+    }
+
+    /// Renews a lease; returns its TTL, or `None` if it does not exist or
+    /// has already expired (it is then being revoked).
+    pub fn renew(&self, id: i64) -> Option<i64> {
+        let now = Instant::now();
+        let mut inner = self.inner.lock();
+        let e = inner.leases.get(&id)?;
+        if e.deadline <= now {
+            return None;
+        }
+        let ttl = e.ttl;
+        Self::set(&mut inner, id, ttl, now + secs(ttl));
+        Some(ttl)
+    }
+
+    /// Whole seconds left and the granted TTL of a lease.
+    pub fn remaining(&self, id: i64) -> Option<(i64, i64)> {
+        let inner = self.inner.lock();
+        let e = inner.leases.get(&id)?;
+        let left = e
+            .deadline
+            .saturating_duration_since(Instant::now())
+            .as_secs() as i64;
+        Some((left, e.ttl))
+    }
+
+    /// Leases whose deadline has passed and that are not yet being revoked.
+    /// They leave the queue (so they are proposed once) but stay known, so
+    /// renewing them fails until the revoke lands.
+    pub fn take_expired(&self, now: Instant) -> Vec<i64> {
+        let mut inner = self.inner.lock();
+        let mut out = Vec::new();
+        while let Some(&(deadline, id)) = inner.queue.first() {
+            if deadline > now {
+                break;
+            }
+            inner.queue.pop_first();
+            out.push(id);
+        }
+        out
+    }
+
+    /// Puts an expired lease back in the queue after a failed revoke, so
+    /// it is tried again.
+    pub fn retry(&self, id: i64) {
+        let mut inner = self.inner.lock();
+        if let Some(e) = inner.leases.get(&id) {
+            let key = (e.deadline, id);
+            inner.queue.insert(key);
+        }
+    }
+
+    /// Remaining TTLs worth recording (see the module notes).
+    pub fn checkpoints(&self) -> Vec<LeaseCheckpoint> {
+        let now = Instant::now();
+        let inner = self.inner.lock();
+        inner
+            .leases
+            .iter()
+            .filter(|(_, e)| secs(e.ttl) > CHECKPOINT_INTERVAL && e.deadline > now)
+            .map(|(&id, e)| LeaseCheckpoint {
+                id,
+                // Round up: a checkpoint must not shorten a lease.
+                remaining_ttl: e.deadline.duration_since(now).as_secs_f64().ceil() as i64,
+            })
+            .collect()
+    }
+}
+
+/// Revokes expired leases and checkpoints remaining TTLs until `stop`
+/// resolves.
+pub async fn run(node: Arc<Node>, stop: impl std::future::Future<Output = ()>) {
+    tokio::pin!(stop);
+    let mut expiry = tokio::time::interval(EXPIRY_TICK);
+    expiry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut checkpoint =
+        tokio::time::interval_at(Instant::now() + CHECKPOINT_INTERVAL, CHECKPOINT_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = &mut stop => return,
+            _ = expiry.tick() => {
+                let expired = node.lessor.take_expired(Instant::now());
+                let revokes = expired.into_iter().map(|id| {
+                    let node = node.clone();
+                    async move {
+                        let r = node.propose(CommandKind::LeaseRevoke(LeaseRevokeRequest { id })).await;
+                        match r {
+                            Ok(_) | Err(ServerError::Store(StoreError::LeaseNotFound)) => {
+                                node.lessor.revoked(id)
+                            }
+                            Err(e) => {
+                                tracing::warn!(lease = id, error = %e, "revoking an expired lease failed");
+                                node.lessor.retry(id);
+                            }
+                        }
+                    }
+                });
+                futures_join_all(revokes).await;
+            }
+            _ = checkpoint.tick() => {
+                let checkpoints = node.lessor.checkpoints();
+                if !checkpoints.is_empty() {
+                    let cmd = CommandKind::LeaseCheckpoint(LeaseCheckpointRequest { checkpoints });
+                    if let Err(e) = node.propose(cmd).await {
+                        tracing::warn!(error = %e, "lease checkpoint failed");
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Runs futures concurrently and waits for all, without another dependency.
+async fn futures_join_all<F: std::future::Future<Output = ()> + Send + 'static>(
+    futs: impl Iterator<Item = F>,
+) {
+    let mut set = tokio::task::JoinSet::new();
+    for f in futs {
+        set.spawn(f);
+    }
+    while set.join_next().await.is_some() {}
+}
