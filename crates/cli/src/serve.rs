@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::Args;
 use roster_server::config::{DEFAULT_MAX_REQUEST_BYTES, DEFAULT_MAX_TXN_OPS};
@@ -33,6 +34,27 @@ pub struct ServeArgs {
     /// Most compares, or operations per branch, in one txn.
     #[arg(long, default_value_t = DEFAULT_MAX_TXN_OPS)]
     max_txn_ops: usize,
+    /// How often idle watchers that asked for progress notices get one
+    /// (e.g. `10m`, `30s`, `500ms`).
+    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    experimental_watch_progress_notify_interval: Duration,
+}
+
+/// Parses durations written as a number and a unit: `ms`, `s`, `m` or `h`.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 10m, 30s or 500ms"))?;
+    let ms = match unit {
+        "ms" => 1,
+        "s" | "" => 1000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        _ => return Err(format!("{s:?}: unknown unit {unit:?} (use ms, s, m or h)")),
+    };
+    Ok(Duration::from_millis(n.saturating_mul(ms)))
 }
 
 /// Turns `http://host:port` (or bare `host:port`) into socket addresses.
@@ -71,6 +93,7 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
         config.advertise_peer_urls = args.initial_advertise_peer_urls;
         config.max_request_bytes = args.max_request_bytes;
         config.max_txn_ops = args.max_txn_ops;
+        config.watch_progress_notify_interval = args.experimental_watch_progress_notify_interval;
         let node = Node::open(config).map_err(|e| e.to_string())?;
         for l in &listeners {
             if let Ok(a) = l.local_addr() {

@@ -6,6 +6,9 @@ use std::path::PathBuf;
 pub const DEFAULT_MAX_REQUEST_BYTES: usize = 1536 * 1024;
 /// Default for `--max-txn-ops`, as in etcd.
 pub const DEFAULT_MAX_TXN_OPS: usize = 128;
+/// Default progress notice interval for idle watchers, as in etcd.
+pub const DEFAULT_PROGRESS_NOTIFY_INTERVAL: std::time::Duration =
+    std::time::Duration::from_secs(600);
 /// Extra room gRPC gets above the request limit, so that a request slightly
 /// over the limit reaches our check and gets etcd's "request is too large"
 /// rather than a transport error. etcd uses the same margin.
@@ -27,6 +30,8 @@ pub struct Config {
     pub max_request_bytes: usize,
     /// Most compares, or ops per branch, in one txn.
     pub max_txn_ops: usize,
+    /// How often idle watchers that asked for progress notices get one.
+    pub watch_progress_notify_interval: std::time::Duration,
 }
 
 impl Config {
@@ -39,6 +44,7 @@ impl Config {
             advertise_peer_urls: vec!["http://localhost:2380".into()],
             max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
             max_txn_ops: DEFAULT_MAX_TXN_OPS,
+            watch_progress_notify_interval: DEFAULT_PROGRESS_NOTIFY_INTERVAL,
         }
     }
 }

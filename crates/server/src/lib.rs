@@ -23,6 +23,7 @@ pub mod serve;
 pub mod service;
 pub mod standalone;
 pub mod validate;
+pub mod watch;
 
 pub use config::Config;
 pub use error::ServerError;

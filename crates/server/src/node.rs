@@ -15,6 +15,7 @@ use crate::consensus::{Consensus, ConsensusStatus};
 use crate::error::ServerError;
 use crate::lessor::Lessor;
 use crate::standalone::Standalone;
+use crate::watch::hub::Hub;
 
 /// Name of the database file inside the data directory.
 pub const DB_FILE: &str = "roster.redb";
@@ -55,6 +56,8 @@ pub struct Node {
     pub client_urls: parking_lot::RwLock<Vec<String>>,
     /// Lease deadlines.
     pub lessor: Lessor,
+    /// Every watcher.
+    pub hub: Arc<Hub>,
     /// Notified when the write path fails and the node must stop.
     pub fatal: Arc<Notify>,
     db_path: PathBuf,
@@ -100,7 +103,18 @@ impl Node {
 
         let lessor = Lessor::recover(&store.leases());
         let fatal = Arc::new(Notify::new());
-        let consensus = Standalone::start(store.clone(), term, member_id, fatal.clone());
+        let hub = Arc::new(Hub::new(store.clone(), cluster_id, member_id));
+        let publish = {
+            let hub = hub.clone();
+            Box::new(move |batch: &[roster_store::Applied], rev: i64| {
+                let events: Vec<_> = batch
+                    .iter()
+                    .flat_map(|a| a.events.iter().cloned())
+                    .collect();
+                hub.publish(&events, rev);
+            })
+        };
+        let consensus = Standalone::start(store.clone(), term, member_id, fatal.clone(), publish);
         Ok(Arc::new(Node {
             store,
             consensus,
@@ -109,6 +123,7 @@ impl Node {
             client_urls: parking_lot::RwLock::new(config.advertise_client_urls.clone()),
             config,
             lessor,
+            hub,
             fatal,
             db_path,
         }))

@@ -13,6 +13,7 @@ use roster_proto::etcdserverpb::cluster_server::ClusterServer;
 use roster_proto::etcdserverpb::kv_server::KvServer;
 use roster_proto::etcdserverpb::lease_server::LeaseServer;
 use roster_proto::etcdserverpb::maintenance_server::MaintenanceServer;
+use roster_proto::etcdserverpb::watch_server::WatchServer;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
@@ -22,6 +23,7 @@ use crate::node::Node;
 use crate::service::{
     cluster::ClusterService, kv::KvService, lease::LeaseService, maintenance::MaintenanceService,
 };
+use crate::watch::stream::WatchService;
 
 /// How long in-flight requests may run on after shutdown is asked for.
 pub const DRAIN_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
@@ -61,6 +63,13 @@ pub async fn serve(
             .add_service(
                 MaintenanceServer::new(MaintenanceService::new(node.clone()))
                     .max_decoding_message_size(limit),
+            )
+            .add_service(
+                WatchServer::new(WatchService::new(
+                    node.hub.clone(),
+                    node.config.watch_progress_notify_interval,
+                ))
+                .max_decoding_message_size(limit),
             )
             .add_service(
                 LeaseServer::new(LeaseService::new(node.clone())).max_decoding_message_size(limit),

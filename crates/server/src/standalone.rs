@@ -43,6 +43,11 @@ pub struct Standalone {
     writer: parking_lot::Mutex<Option<JoinHandle<()>>>,
 }
 
+/// Called by the writer after each durable batch, before any proposer of
+/// the batch is answered, with the batch's outcomes and the revision the
+/// store has published.
+pub type OnCommit = Box<dyn Fn(&[Applied], i64) + Send>;
+
 struct Shared {
     store: Arc<Store>,
     term: u64,
@@ -55,7 +60,13 @@ struct Shared {
 impl Standalone {
     /// Starts the writer thread over `store`. `fatal` is notified if the
     /// write path fails and the node must stop.
-    pub fn start(store: Arc<Store>, term: u64, member_id: u64, fatal: Arc<Notify>) -> Self {
+    pub fn start(
+        store: Arc<Store>,
+        term: u64,
+        member_id: u64,
+        fatal: Arc<Notify>,
+        on_commit: OnCommit,
+    ) -> Self {
         let (tx, rx) = mpsc::channel(QUEUE);
         let shared = Arc::new(Shared {
             applied: AtomicU64::new(store.applied_index()),
@@ -68,7 +79,7 @@ impl Standalone {
         let s = shared.clone();
         let writer = std::thread::Builder::new()
             .name("roster-writer".into())
-            .spawn(move || writer(s, rx))
+            .spawn(move || writer(s, rx, on_commit))
             .expect("spawning the writer thread");
         Standalone {
             tx: parking_lot::RwLock::new(Some(tx)),
@@ -115,7 +126,7 @@ impl Consensus for Standalone {
     }
 }
 
-fn writer(shared: Arc<Shared>, mut rx: mpsc::Receiver<Proposal>) {
+fn writer(shared: Arc<Shared>, mut rx: mpsc::Receiver<Proposal>, on_commit: OnCommit) {
     let mut batch: Vec<Proposal> = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = rx.blocking_recv() {
         batch.push(first);
@@ -136,6 +147,9 @@ fn writer(shared: Arc<Shared>, mut rx: mpsc::Receiver<Proposal>) {
                 shared
                     .applied
                     .store(base + commands.len() as u64, Ordering::Release);
+                // Watchers hear of a write before its writer is answered, so
+                // a watch created before a put always sees the put.
+                on_commit(&results, shared.store.revision());
                 // Physical compactions answer only once storage is cleaned.
                 let mut after_cleanup = Vec::new();
                 for ((p, applied), (_, cmd)) in batch.drain(..).zip(results).zip(&commands) {

@@ -1,0 +1,195 @@
+//! The registry of watchers and live delivery of published events.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use roster_proto::etcdserverpb::{ResponseHeader, WatchResponse};
+use roster_proto::mvccpb::{event::EventType, Event};
+use roster_store::index::KeyRange;
+use roster_store::Store;
+use tokio::sync::{mpsc, Notify};
+
+/// What flows to a watch stream's client.
+pub type Outbound = mpsc::Sender<Result<WatchResponse, tonic::Status>>;
+
+/// One watcher's settings and cursor.
+pub struct Watcher {
+    /// Keys watched.
+    pub range: KeyRange,
+    /// Drop PUT events.
+    pub no_put: bool,
+    /// Drop DELETE events.
+    pub no_delete: bool,
+    /// Attach the previous key-value to each event.
+    pub prev_kv: bool,
+    /// Split responses larger than the request limit.
+    pub fragment: bool,
+    /// Send empty responses when idle (see the stream's progress timer).
+    pub progress_notify: bool,
+    /// The lowest revision not yet sent.
+    pub next_rev: i64,
+    /// True while live delivery serves this watcher.
+    pub synced: bool,
+    /// True if something was sent since the last progress tick.
+    pub active: bool,
+}
+
+impl Watcher {
+    /// True when `e` is for this watcher, ignoring revisions.
+    pub fn wants(&self, e: &Event) -> bool {
+        let Some(kv) = &e.kv else { return false };
+        let put = e.r#type == EventType::Put as i32;
+        self.range.contains(&kv.key) && !(put && self.no_put) && !(!put && self.no_delete)
+    }
+}
+
+/// One watch stream's share of the hub.
+pub struct StreamEntry {
+    /// The stream's watchers by watch id.
+    pub watchers: HashMap<i64, Watcher>,
+    /// The stream's outbound queue.
+    pub tx: Outbound,
+    /// Wakes the stream's catch-up task.
+    pub wake: Arc<Notify>,
+}
+
+/// Hub state, behind one lock.
+pub struct HubState {
+    /// Highest revision handed to the hub.
+    pub last_rev: i64,
+    /// Streams by id.
+    pub streams: HashMap<u64, StreamEntry>,
+    next_stream: u64,
+}
+
+/// Every watcher, and live delivery to them.
+pub struct Hub {
+    /// The state; the stream module takes the lock too.
+    pub state: Mutex<HubState>,
+    store: Arc<Store>,
+    member: (u64, u64),
+}
+
+/// Fills in prev_kv for the events a watcher wants it on.
+pub fn with_prev(store: &Store, mut e: Event) -> Event {
+    if let Some(kv) = &e.kv {
+        e.prev_kv = store.kv_at(&kv.key, kv.mod_revision - 1).ok().flatten();
+    }
+    e
+}
+
+impl Hub {
+    /// A hub starting at the store's current revision.
+    pub fn new(store: Arc<Store>, cluster_id: u64, member_id: u64) -> Hub {
+        Hub {
+            state: Mutex::new(HubState {
+                last_rev: store.revision(),
+                streams: HashMap::new(),
+                next_stream: 0,
+            }),
+            store,
+            member: (cluster_id, member_id),
+        }
+    }
+
+    /// The store, for catch-up reads.
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    /// A response header at `revision` (the term is filled by the caller's
+    /// node when it matters; watch clients read only the revision).
+    pub fn header(&self, revision: i64) -> Option<ResponseHeader> {
+        Some(ResponseHeader {
+            cluster_id: self.member.0,
+            member_id: self.member.1,
+            revision,
+            raft_term: 0,
+        })
+    }
+
+    /// Registers a new stream; returns its id.
+    pub fn open_stream(&self, tx: Outbound, wake: Arc<Notify>) -> u64 {
+        let mut st = self.state.lock();
+        let id = st.next_stream;
+        st.next_stream += 1;
+        st.streams.insert(
+            id,
+            StreamEntry {
+                watchers: HashMap::new(),
+                tx,
+                wake,
+            },
+        );
+        id
+    }
+
+    /// Forgets a stream and its watchers.
+    pub fn close_stream(&self, id: u64) {
+        self.state.lock().streams.remove(&id);
+    }
+
+    /// Delivers one durable batch's events, all at revisions up to `rev`.
+    /// Called by the writer, in revision order, after the store published
+    /// them. Never blocks: a watcher that cannot take its events now is
+    /// switched to catch-up.
+    pub fn publish(&self, events: &[Event], rev: i64) {
+        let mut st = self.state.lock();
+        if rev <= st.last_rev {
+            return;
+        }
+        st.last_rev = rev;
+        for stream in st.streams.values_mut() {
+            let mut wake = false;
+            for (&watch_id, w) in stream.watchers.iter_mut() {
+                if !w.synced {
+                    continue;
+                }
+                let mine: Vec<Event> = events
+                    .iter()
+                    .filter(|e| {
+                        e.kv.as_ref()
+                            .is_some_and(|kv| kv.mod_revision >= w.next_rev)
+                    })
+                    .filter(|e| w.wants(e))
+                    .cloned()
+                    .map(|e| {
+                        if w.prev_kv {
+                            with_prev(&self.store, e)
+                        } else {
+                            e
+                        }
+                    })
+                    .collect();
+                if mine.is_empty() {
+                    w.next_rev = w.next_rev.max(rev + 1);
+                    continue;
+                }
+                let resp = WatchResponse {
+                    header: self.header(rev),
+                    watch_id,
+                    events: mine,
+                    ..Default::default()
+                };
+                // Large responses that must be fragmented go the catch-up
+                // way, which can send several messages in order.
+                let too_big = w.fragment && prost::Message::encoded_len(&resp) > FRAGMENT_BYTES;
+                if too_big || stream.tx.try_send(Ok(resp)).is_err() {
+                    w.synced = false;
+                    wake = true;
+                } else {
+                    w.next_rev = rev + 1;
+                    w.active = true;
+                }
+            }
+            if wake {
+                stream.wake.notify_one();
+            }
+        }
+    }
+}
+
+/// Size above which a response to a watcher that asked for fragments is
+/// split (etcd splits at its request limit; this is the default one).
+pub const FRAGMENT_BYTES: usize = 1536 * 1024;

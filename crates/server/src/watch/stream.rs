@@ -1,0 +1,405 @@
+//! One gRPC watch stream: its requests, its catch-up, its progress notices.
+//!
+//! A single task per stream handles requests (create, cancel, progress) and
+//! runs catch-up for the stream's unsynced watchers. Catch-up awaits queue
+//! space, so a slow client slows only its own stream.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use roster_proto::etcdserverpb::watch_create_request::FilterType;
+use roster_proto::etcdserverpb::watch_server::Watch;
+use roster_proto::etcdserverpb::{watch_request, WatchCreateRequest, WatchRequest, WatchResponse};
+use roster_proto::mvccpb::Event;
+use roster_store::index::KeyRange;
+use roster_store::StoreError;
+use tokio::sync::{mpsc, Notify};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{Stream, StreamExt};
+use tonic::{Request, Status, Streaming};
+
+use super::hub::{with_prev, Hub, Outbound, Watcher, FRAGMENT_BYTES};
+use crate::service::Reply;
+
+/// Responses queued per stream before live delivery switches a watcher to
+/// catch-up.
+const QUEUE: usize = 256;
+/// Events read from storage per catch-up step.
+const CHUNK: usize = 1000;
+/// The watch id etcd uses for stream-wide progress responses.
+const PROGRESS_ALL_ID: i64 = -1;
+
+/// The Watch service.
+pub struct WatchService {
+    hub: Arc<Hub>,
+    progress_interval: Duration,
+}
+
+impl WatchService {
+    /// A Watch service over `hub`, sending progress notices to idle
+    /// watchers that asked for them every `progress_interval`.
+    pub fn new(hub: Arc<Hub>, progress_interval: Duration) -> Self {
+        WatchService {
+            hub,
+            progress_interval,
+        }
+    }
+}
+
+type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Watch for WatchService {
+    type WatchStream = WatchStream;
+
+    async fn watch(&self, req: Request<Streaming<WatchRequest>>) -> Reply<WatchStream> {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let wake = Arc::new(Notify::new());
+        let id = self.hub.open_stream(tx.clone(), wake.clone());
+        let s = StreamTask {
+            hub: self.hub.clone(),
+            id,
+            tx,
+            next_auto_id: 0,
+        };
+        tokio::spawn(s.run(req.into_inner(), wake, self.progress_interval));
+        Ok(tonic::Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+struct StreamTask {
+    hub: Arc<Hub>,
+    id: u64,
+    tx: Outbound,
+    next_auto_id: i64,
+}
+
+impl StreamTask {
+    async fn run(
+        mut self,
+        mut inbound: Streaming<WatchRequest>,
+        wake: Arc<Notify>,
+        tick: Duration,
+    ) {
+        let mut progress = tokio::time::interval_at(tokio::time::Instant::now() + tick, tick);
+        loop {
+            tokio::select! {
+                msg = inbound.next() => match msg {
+                    Some(Ok(req)) => {
+                        if self.handle(req).await.is_err() {
+                            break;
+                        }
+                    }
+                    _ => break,
+                },
+                _ = wake.notified() => {
+                    if self.catch_up().await.is_err() {
+                        break;
+                    }
+                }
+                _ = progress.tick() => {
+                    if self.progress_notify().await.is_err() {
+                        break;
+                    }
+                }
+                _ = self.tx.closed() => break,
+            }
+        }
+        self.hub.close_stream(self.id);
+    }
+
+    async fn send(&self, resp: WatchResponse) -> Result<(), ()> {
+        self.tx.send(Ok(resp)).await.map_err(|_| ())
+    }
+
+    async fn handle(&mut self, req: WatchRequest) -> Result<(), ()> {
+        match req.request_union {
+            Some(watch_request::RequestUnion::CreateRequest(c)) => self.create(c).await,
+            Some(watch_request::RequestUnion::CancelRequest(c)) => {
+                let (found, rev) = {
+                    let mut st = self.hub.state.lock();
+                    let rev = st.last_rev;
+                    let found = st
+                        .streams
+                        .get_mut(&self.id)
+                        .and_then(|s| s.watchers.remove(&c.watch_id))
+                        .is_some();
+                    (found, rev)
+                };
+                // etcd answers only a cancel of a watcher that exists.
+                if found {
+                    let resp = WatchResponse {
+                        header: self.hub.header(rev),
+                        watch_id: c.watch_id,
+                        canceled: true,
+                        ..Default::default()
+                    };
+                    self.send(resp).await?;
+                }
+                Ok(())
+            }
+            Some(watch_request::RequestUnion::ProgressRequest(_)) => {
+                // Like etcd, answer only when every watcher is caught up, so
+                // the revision reported is one they have all seen.
+                let rev = {
+                    let st = self.hub.state.lock();
+                    let all_synced = st
+                        .streams
+                        .get(&self.id)
+                        .is_some_and(|s| s.watchers.values().all(|w| w.synced));
+                    all_synced.then_some(st.last_rev)
+                };
+                if let Some(rev) = rev {
+                    let resp = WatchResponse {
+                        header: self.hub.header(rev),
+                        watch_id: PROGRESS_ALL_ID,
+                        ..Default::default()
+                    };
+                    self.send(resp).await?;
+                }
+                Ok(())
+            }
+            None => Ok(()),
+        }
+    }
+
+    async fn create(&mut self, c: WatchCreateRequest) -> Result<(), ()> {
+        let outcome = {
+            let mut st = self.hub.state.lock();
+            let rev = st.last_rev;
+            let stream = st.streams.get_mut(&self.id).ok_or(())?;
+            let id = if c.watch_id != 0 {
+                c.watch_id
+            } else {
+                while stream.watchers.contains_key(&self.next_auto_id) {
+                    self.next_auto_id += 1;
+                }
+                self.next_auto_id
+            };
+            if stream.watchers.contains_key(&id) {
+                Err((id, rev))
+            } else {
+                let filters = |f: FilterType| c.filters.contains(&(f as i32));
+                stream.watchers.insert(
+                    id,
+                    Watcher {
+                        range: KeyRange::new(&c.key, &c.range_end),
+                        no_put: filters(FilterType::Noput),
+                        no_delete: filters(FilterType::Nodelete),
+                        prev_kv: c.prev_kv,
+                        fragment: c.fragment,
+                        progress_notify: c.progress_notify,
+                        next_rev: if c.start_revision > 0 {
+                            c.start_revision
+                        } else {
+                            rev + 1
+                        },
+                        // Every watcher starts with one catch-up pass, which
+                        // syncs it at once when there is no history to send.
+                        synced: false,
+                        active: false,
+                    },
+                );
+                Ok((id, rev))
+            }
+        };
+        match outcome {
+            Ok((id, rev)) => {
+                let resp = WatchResponse {
+                    header: self.hub.header(rev),
+                    watch_id: id,
+                    created: true,
+                    ..Default::default()
+                };
+                self.send(resp).await?;
+                self.catch_up().await
+            }
+            Err((id, rev)) => {
+                let resp = WatchResponse {
+                    header: self.hub.header(rev),
+                    watch_id: id,
+                    created: true,
+                    canceled: true,
+                    cancel_reason: "mvcc: duplicate watch ID provided on the WatchStream".into(),
+                    ..Default::default()
+                };
+                self.send(resp).await
+            }
+        }
+    }
+
+    /// Brings every unsynced watcher of this stream up to date from storage.
+    async fn catch_up(&mut self) -> Result<(), ()> {
+        loop {
+            let job = {
+                let st = self.hub.state.lock();
+                let Some(stream) = st.streams.get(&self.id) else {
+                    return Err(());
+                };
+                stream
+                    .watchers
+                    .iter()
+                    .find(|(_, w)| !w.synced)
+                    .map(|(&id, w)| {
+                        (
+                            id,
+                            w.range.clone(),
+                            w.next_rev,
+                            w.prev_kv,
+                            w.fragment,
+                            w.no_put,
+                            w.no_delete,
+                        )
+                    })
+            };
+            let Some((id, range, from, prev_kv, fragment, no_put, no_delete)) = job else {
+                return Ok(());
+            };
+            let probe = Watcher {
+                range: range.clone(),
+                no_put,
+                no_delete,
+                prev_kv,
+                fragment,
+                progress_notify: false,
+                next_rev: from,
+                synced: false,
+                active: false,
+            };
+            let store = self.hub.store().clone();
+            let read = {
+                let range = range.clone();
+                tokio::task::spawn_blocking(move || store.events(from, &range, CHUNK))
+                    .await
+                    .map_err(|_| ())?
+            };
+            match read {
+                Ok((events, last)) => {
+                    let store = self.hub.store();
+                    let mine: Vec<Event> = events
+                        .into_iter()
+                        .filter(|e| probe.wants(e))
+                        .map(|e| if prev_kv { with_prev(store, e) } else { e })
+                        .collect();
+                    let sent = !mine.is_empty();
+                    if sent {
+                        for resp in responses(&self.hub, id, last, mine, fragment) {
+                            self.send(resp).await?;
+                        }
+                    }
+                    let mut st = self.hub.state.lock();
+                    let last_rev = st.last_rev;
+                    if let Some(w) = st
+                        .streams
+                        .get_mut(&self.id)
+                        .and_then(|s| s.watchers.get_mut(&id))
+                    {
+                        w.next_rev = w.next_rev.max(last + 1);
+                        w.active |= sent;
+                        // Switch to live delivery only once nothing the hub
+                        // has published is still owed to this watcher.
+                        if w.next_rev > last_rev {
+                            w.synced = true;
+                        }
+                    }
+                }
+                Err(e) => {
+                    let compacted = matches!(e, StoreError::Compacted);
+                    let (rev, compact_rev) = {
+                        let mut st = self.hub.state.lock();
+                        if let Some(s) = st.streams.get_mut(&self.id) {
+                            s.watchers.remove(&id);
+                        }
+                        (st.last_rev, self.hub.store().compact_revision())
+                    };
+                    let resp = WatchResponse {
+                        header: self.hub.header(rev),
+                        watch_id: id,
+                        canceled: true,
+                        compact_revision: if compacted { compact_rev } else { 0 },
+                        cancel_reason: if compacted {
+                            "etcdserver: mvcc: required revision has been compacted".into()
+                        } else {
+                            format!("etcdserver: {e}")
+                        },
+                        ..Default::default()
+                    };
+                    self.send(resp).await?;
+                }
+            }
+        }
+    }
+
+    /// Tells idle watchers that asked for it how far the store has got.
+    async fn progress_notify(&mut self) -> Result<(), ()> {
+        let (ids, rev) = {
+            let mut st = self.hub.state.lock();
+            let rev = st.last_rev;
+            let Some(stream) = st.streams.get_mut(&self.id) else {
+                return Err(());
+            };
+            let mut ids = Vec::new();
+            for (&id, w) in stream.watchers.iter_mut() {
+                if w.progress_notify && w.synced && !w.active {
+                    ids.push(id);
+                }
+                w.active = false;
+            }
+            (ids, rev)
+        };
+        for id in ids {
+            let resp = WatchResponse {
+                header: self.hub.header(rev),
+                watch_id: id,
+                ..Default::default()
+            };
+            self.send(resp).await?;
+        }
+        Ok(())
+    }
+}
+
+/// Packs events into responses: one, or for a watcher that asked for it,
+/// fragments no larger than the limit, all but the last marked `fragment`.
+fn responses(
+    hub: &Hub,
+    id: i64,
+    rev: i64,
+    events: Vec<Event>,
+    fragment: bool,
+) -> Vec<WatchResponse> {
+    let whole = WatchResponse {
+        header: hub.header(rev),
+        watch_id: id,
+        events,
+        ..Default::default()
+    };
+    if !fragment || prost::Message::encoded_len(&whole) <= FRAGMENT_BYTES {
+        return vec![whole];
+    }
+    let mut out = Vec::new();
+    let mut part = Vec::new();
+    let mut size = 0;
+    for e in whole.events {
+        let n = prost::Message::encoded_len(&e) + 8;
+        if !part.is_empty() && size + n > FRAGMENT_BYTES {
+            out.push(std::mem::take(&mut part));
+            size = 0;
+        }
+        size += n;
+        part.push(e);
+    }
+    out.push(part);
+    let last = out.len() - 1;
+    out.into_iter()
+        .enumerate()
+        .map(|(i, events)| WatchResponse {
+            header: hub.header(rev),
+            watch_id: id,
+            events,
+            fragment: i < last,
+            ..Default::default()
+        })
+        .collect()
+}
