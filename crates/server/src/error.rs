@@ -40,6 +40,16 @@ pub enum ServerError {
     /// A request above the configured size limit.
     #[error("request is too large")]
     RequestTooLarge,
+    /// A lock or campaign whose lease (and so its key) vanished while it
+    /// waited.
+    #[error("session: session is expired")]
+    SessionExpired,
+    /// Proclaim by a contender that does not lead.
+    #[error("election: not leader")]
+    ElectionNotLeader,
+    /// Leader asked of an election nobody leads.
+    #[error("election: no leader")]
+    ElectionNoLeader,
     /// The node is shutting down or its write path has failed.
     #[error("server stopped")]
     Stopped,
@@ -87,6 +97,11 @@ impl From<ServerError> for Status {
             E::RequestTooLarge => (Code::InvalidArgument, "etcdserver: request is too large"),
             E::Stopped => (Code::Unavailable, "etcdserver: server stopped"),
             E::Unsupported(_) => return Status::unimplemented(e.to_string()),
+            // etcd's lock and election services return these as plain errors,
+            // which gRPC carries with code Unknown.
+            E::SessionExpired | E::ElectionNotLeader | E::ElectionNoLeader => {
+                return Status::unknown(e.to_string())
+            }
         };
         Status::new(code, msg)
     }

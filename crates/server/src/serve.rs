@@ -14,6 +14,8 @@ use roster_proto::etcdserverpb::kv_server::KvServer;
 use roster_proto::etcdserverpb::lease_server::LeaseServer;
 use roster_proto::etcdserverpb::maintenance_server::MaintenanceServer;
 use roster_proto::etcdserverpb::watch_server::WatchServer;
+use roster_proto::v3electionpb::election_server::ElectionServer;
+use roster_proto::v3lockpb::lock_server::LockServer;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
@@ -21,7 +23,8 @@ use tonic::transport::Server;
 use crate::config::GRPC_OVERHEAD_BYTES;
 use crate::node::Node;
 use crate::service::{
-    cluster::ClusterService, kv::KvService, lease::LeaseService, maintenance::MaintenanceService,
+    cluster::ClusterService, election::ElectionService, kv::KvService, lease::LeaseService,
+    lock::LockService, maintenance::MaintenanceService,
 };
 use crate::watch::stream::WatchService;
 
@@ -73,6 +76,13 @@ pub async fn serve(
             )
             .add_service(
                 LeaseServer::new(LeaseService::new(node.clone())).max_decoding_message_size(limit),
+            )
+            .add_service(
+                LockServer::new(LockService::new(node.clone())).max_decoding_message_size(limit),
+            )
+            .add_service(
+                ElectionServer::new(ElectionService::new(node.clone()))
+                    .max_decoding_message_size(limit),
             )
             .add_service(
                 ClusterServer::new(ClusterService::new(node.clone()))

@@ -2,8 +2,11 @@
 //! call the node, map the error once, fill the response header.
 
 pub mod cluster;
+pub mod coord;
+pub mod election;
 pub mod kv;
 pub mod lease;
+pub mod lock;
 pub mod maintenance;
 
 use tonic::Status;

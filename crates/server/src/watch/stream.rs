@@ -49,6 +49,33 @@ impl WatchService {
 
 type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchResponse, Status>> + Send>>;
 
+/// A watch for use inside the server (locks, elections): the same machinery
+/// as a client's stream, fed one create request. Dropping the receiver ends
+/// it.
+pub fn local_watch(
+    hub: &Arc<Hub>,
+    create: WatchCreateRequest,
+) -> mpsc::Receiver<Result<WatchResponse, Status>> {
+    let (tx, rx) = mpsc::channel(QUEUE);
+    let wake = Arc::new(Notify::new());
+    let id = hub.open_stream(tx.clone(), wake.clone());
+    let task = StreamTask {
+        hub: hub.clone(),
+        id,
+        tx,
+        next_auto_id: 0,
+    };
+    let first = WatchRequest {
+        request_union: Some(watch_request::RequestUnion::CreateRequest(create)),
+    };
+    // The request stream yields the create, then stays open.
+    let inbound = tokio_stream::once(Ok(first)).chain(tokio_stream::pending());
+    // Never used: only idle watchers asking for notices get them.
+    let tick = Duration::from_secs(3600);
+    tokio::spawn(task.run(Box::pin(inbound), wake, tick));
+    rx
+}
+
 #[tonic::async_trait]
 impl Watch for WatchService {
     type WatchStream = WatchStream;
@@ -76,12 +103,10 @@ struct StreamTask {
 }
 
 impl StreamTask {
-    async fn run(
-        mut self,
-        mut inbound: Streaming<WatchRequest>,
-        wake: Arc<Notify>,
-        tick: Duration,
-    ) {
+    async fn run<S>(mut self, mut inbound: S, wake: Arc<Notify>, tick: Duration)
+    where
+        S: Stream<Item = Result<WatchRequest, Status>> + Unpin,
+    {
         let mut progress = tokio::time::interval_at(tokio::time::Instant::now() + tick, tick);
         loop {
             tokio::select! {
