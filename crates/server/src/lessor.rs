@@ -234,3 +234,64 @@ async fn futures_join_all<F: std::future::Future<Output = ()> + Send + 'static>(
     }
     while set.join_next().await.is_some() {}
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn advance(d: Duration) -> impl std::future::Future<Output = ()> {
+        tokio::time::advance(d)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn restart_uses_the_checkpoint_or_the_full_ttl() {
+        // (id, ttl, checkpointed remaining)
+        let l = Lessor::recover(&[(1, 60, 20), (2, 60, -1), (3, 10, 99)]);
+        assert_eq!(l.remaining(1), Some((20, 60)));
+        assert_eq!(l.remaining(2), Some((60, 60)));
+        // A checkpoint never grants more than the TTL.
+        assert_eq!(l.remaining(3), Some((10, 10)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn expiry_is_reported_once_and_blocks_renewal() {
+        let l = Lessor::recover(&[]);
+        l.granted(7, 2);
+        l.granted(8, 5);
+        advance(Duration::from_millis(1500)).await;
+        assert_eq!(l.renew(7), Some(2), "renewed before its deadline");
+        advance(Duration::from_millis(1900)).await;
+        assert!(
+            l.take_expired(Instant::now()).is_empty(),
+            "7 was renewed at 1.5 s"
+        );
+        advance(Duration::from_millis(200)).await;
+        assert_eq!(l.take_expired(Instant::now()), vec![7]);
+        assert!(l.take_expired(Instant::now()).is_empty(), "reported once");
+        assert_eq!(l.renew(7), None, "an expired lease cannot be renewed");
+        l.retry(7);
+        assert_eq!(
+            l.take_expired(Instant::now()),
+            vec![7],
+            "a failed revoke is retried"
+        );
+        l.revoked(7);
+        assert_eq!(l.remaining(7), None);
+        assert_eq!(l.renew(8), Some(5));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn checkpoints_cover_long_leases_and_round_up() {
+        let l = Lessor::recover(&[]);
+        l.granted(1, 60);
+        l.granted(2, 3);
+        advance(Duration::from_millis(10_400)).await;
+        let cps = l.checkpoints();
+        assert_eq!(
+            cps.len(),
+            1,
+            "a 3 s lease is shorter than the interval: {cps:?}"
+        );
+        assert_eq!((cps[0].id, cps[0].remaining_ttl), (1, 50));
+    }
+}
