@@ -103,7 +103,7 @@ impl Node {
 
         let lessor = Lessor::recover(&store.leases());
         let fatal = Arc::new(Notify::new());
-        let hub = Arc::new(Hub::new(store.clone(), cluster_id, member_id));
+        let hub = Arc::new(Hub::new(store.clone(), cluster_id, member_id, term));
         let publish = {
             let hub = hub.clone();
             Box::new(move |batch: &[roster_store::Applied], rev: i64| {

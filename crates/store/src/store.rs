@@ -353,6 +353,10 @@ impl Store {
             return Err(StoreError::Compacted);
         }
         let upto = st.published_rev;
+        if from > upto {
+            // A watcher waiting for a future revision: nothing yet.
+            return Ok((Vec::new(), upto));
+        }
         let tx = self.db.begin_read()?;
         drop(st);
         let kv = tx.open_table(KV)?;

@@ -68,7 +68,8 @@ pub struct Hub {
     /// The state; the stream module takes the lock too.
     pub state: Mutex<HubState>,
     store: Arc<Store>,
-    member: (u64, u64),
+    /// Cluster id, member id and term, for response headers.
+    member: (u64, u64, u64),
 }
 
 /// Fills in prev_kv for the events a watcher wants it on.
@@ -81,7 +82,7 @@ pub fn with_prev(store: &Store, mut e: Event) -> Event {
 
 impl Hub {
     /// A hub starting at the store's current revision.
-    pub fn new(store: Arc<Store>, cluster_id: u64, member_id: u64) -> Hub {
+    pub fn new(store: Arc<Store>, cluster_id: u64, member_id: u64, term: u64) -> Hub {
         Hub {
             state: Mutex::new(HubState {
                 last_rev: store.revision(),
@@ -89,7 +90,7 @@ impl Hub {
                 next_stream: 0,
             }),
             store,
-            member: (cluster_id, member_id),
+            member: (cluster_id, member_id, term),
         }
     }
 
@@ -98,14 +99,13 @@ impl Hub {
         &self.store
     }
 
-    /// A response header at `revision` (the term is filled by the caller's
-    /// node when it matters; watch clients read only the revision).
+    /// A response header at `revision`.
     pub fn header(&self, revision: i64) -> Option<ResponseHeader> {
         Some(ResponseHeader {
             cluster_id: self.member.0,
             member_id: self.member.1,
             revision,
-            raft_term: 0,
+            raft_term: self.member.2,
         })
     }
 
