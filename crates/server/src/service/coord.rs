@@ -12,8 +12,8 @@ use std::sync::Arc;
 
 use roster_proto::etcdserverpb::{
     compare, range_request, request_op, response_op, watch_create_request::FilterType, Compare,
-    DeleteRangeRequest, PutRequest, RangeRequest, RequestOp, TxnRequest, TxnResponse,
-    WatchCreateRequest,
+    DeleteRangeRequest, LeaseGrantRequest, PutRequest, RangeRequest, RequestOp, TxnRequest,
+    TxnResponse, WatchCreateRequest,
 };
 use roster_proto::mvccpb::{event::EventType, KeyValue};
 use roster_store::{CommandKind, CommandResponse};
@@ -178,6 +178,50 @@ pub async fn wait_predecessors(node: &Arc<Node>, name: &[u8], rev: i64) -> Resul
             return Ok(());
         };
         wait_delete(node, &last.key, r.header.map_or(0, |h| h.revision)).await;
+    }
+}
+
+/// TTL of the lease a lock or campaign that names none is held with, as
+/// etcd's services grant one per call.
+pub const SESSION_TTL: i64 = 60;
+
+/// The lease a lock or campaign holds its key with: the caller's, or a
+/// fresh [`SESSION_TTL`] lease when it names none (lease 0), so that two
+/// lease-less callers still get distinct keys and exclude each other.
+pub async fn session_lease(node: &Node, lease: i64) -> Result<i64, ServerError> {
+    if lease != 0 {
+        return Ok(lease);
+    }
+    let r = LeaseGrantRequest {
+        ttl: SESSION_TTL,
+        id: 0,
+    };
+    Ok(super::lease::grant(node, r).await?.id)
+}
+
+/// Like [`wait_predecessors`], renewing `lease` meanwhile, as etcd's
+/// services do for the duration of a lock or campaign call.
+pub async fn wait_turn(
+    node: &Arc<Node>,
+    name: &[u8],
+    rev: i64,
+    lease: i64,
+) -> Result<(), ServerError> {
+    let ttl = node
+        .lessor
+        .remaining(lease)
+        .map_or(SESSION_TTL, |(_, ttl)| ttl);
+    let period = std::time::Duration::from_millis((ttl.max(1) as u64) * 1000 / 3);
+    let mut renew = tokio::time::interval(period);
+    let wait = wait_predecessors(node, name, rev);
+    tokio::pin!(wait);
+    loop {
+        tokio::select! {
+            r = &mut wait => return r,
+            _ = renew.tick() => {
+                node.lessor.renew(lease);
+            }
+        }
     }
 }
 

@@ -19,7 +19,7 @@ use tokio_stream::Stream;
 use tonic::{Request, Status};
 
 use super::coord::{
-    created_at, first_owner, op, own, prefix, prefix_end, txn, wait_predecessors, Abandon,
+    created_at, first_owner, op, own, prefix, prefix_end, session_lease, txn, wait_turn, Abandon,
 };
 use super::{reply, Reply};
 use crate::error::ServerError;
@@ -39,18 +39,19 @@ impl ElectionService {
 
     async fn campaign(&self, r: CampaignRequest) -> Result<CampaignResponse, ServerError> {
         let node = &self.node;
-        let owned = own(node, &r.name, r.lease, &r.value).await?;
+        let lease = session_lease(node, r.lease).await?;
+        let owned = own(node, &r.name, lease, &r.value).await?;
         let guard = Abandon::new(node.clone(), owned.key.clone());
         let leader = LeaderKey {
             name: r.name.clone(),
             key: owned.key.clone(),
             rev: owned.rev,
-            lease: r.lease,
+            lease,
         };
         if owned.existing.as_ref().is_some_and(|v| *v != r.value) {
             proclaim(node, &leader, &r.value).await?;
         }
-        wait_predecessors(node, &r.name, owned.rev).await?;
+        wait_turn(node, &r.name, owned.rev, lease).await?;
         let still = node.store.range(&RangeRequest {
             key: owned.key.clone(),
             ..Default::default()

@@ -33,37 +33,39 @@ impl LeaseService {
     pub fn new(node: Arc<Node>) -> Self {
         LeaseService { node }
     }
+}
 
-    async fn grant(&self, r: LeaseGrantRequest) -> Result<LeaseGrantResponse, ServerError> {
-        if r.ttl > MAX_TTL {
-            return Err(ServerError::LeaseTtlTooLarge);
-        }
-        let ttl = r.ttl.max(MIN_TTL);
-        // A server-chosen id may collide with a live lease; pick again.
-        let attempts = if r.id == 0 { 8 } else { 1 };
-        for _ in 0..attempts {
-            let id = if r.id == 0 {
-                rand::random::<i64>() & i64::MAX
-            } else {
-                r.id
-            };
-            if id == 0 {
-                continue;
-            }
-            let cmd = CommandKind::LeaseGrant(LeaseGrantRequest { ttl, id });
-            match self.node.propose(cmd).await {
-                Ok(CommandResponse::LeaseGrant(mut resp)) => {
-                    self.node.lessor.granted(id, ttl);
-                    self.node.fill(&mut resp.header);
-                    return Ok(resp);
-                }
-                Ok(other) => unreachable!("store answered {other:?} to a LeaseGrant"),
-                Err(ServerError::Store(StoreError::LeaseExists)) if r.id == 0 => continue,
-                Err(e) => return Err(e),
-            }
-        }
-        Err(ServerError::Store(StoreError::LeaseExists))
+/// Grants a lease with etcd's rules: TTL bounds, and a fresh random id when
+/// the request names none.
+pub async fn grant(node: &Node, r: LeaseGrantRequest) -> Result<LeaseGrantResponse, ServerError> {
+    if r.ttl > MAX_TTL {
+        return Err(ServerError::LeaseTtlTooLarge);
     }
+    let ttl = r.ttl.max(MIN_TTL);
+    // A server-chosen id may collide with a live lease; pick again.
+    let attempts = if r.id == 0 { 8 } else { 1 };
+    for _ in 0..attempts {
+        let id = if r.id == 0 {
+            rand::random::<i64>() & i64::MAX
+        } else {
+            r.id
+        };
+        if id == 0 {
+            continue;
+        }
+        let cmd = CommandKind::LeaseGrant(LeaseGrantRequest { ttl, id });
+        match node.propose(cmd).await {
+            Ok(CommandResponse::LeaseGrant(mut resp)) => {
+                node.lessor.granted(id, ttl);
+                node.fill(&mut resp.header);
+                return Ok(resp);
+            }
+            Ok(other) => unreachable!("store answered {other:?} to a LeaseGrant"),
+            Err(ServerError::Store(StoreError::LeaseExists)) if r.id == 0 => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(ServerError::Store(StoreError::LeaseExists))
 }
 
 type KeepAliveStream = Pin<Box<dyn Stream<Item = Result<LeaseKeepAliveResponse, Status>> + Send>>;
@@ -71,7 +73,7 @@ type KeepAliveStream = Pin<Box<dyn Stream<Item = Result<LeaseKeepAliveResponse, 
 #[tonic::async_trait]
 impl Lease for LeaseService {
     async fn lease_grant(&self, req: Request<LeaseGrantRequest>) -> Reply<LeaseGrantResponse> {
-        reply(self.grant(req.into_inner()).await)
+        reply(grant(&self.node, req.into_inner()).await)
     }
 
     async fn lease_revoke(&self, req: Request<LeaseRevokeRequest>) -> Reply<LeaseRevokeResponse> {

@@ -7,7 +7,7 @@ use roster_proto::v3lockpb::lock_server::Lock;
 use roster_proto::v3lockpb::{LockRequest, LockResponse, UnlockRequest, UnlockResponse};
 use tonic::Request;
 
-use super::coord::{delete, own, wait_predecessors, Abandon};
+use super::coord::{delete, own, session_lease, wait_turn, Abandon};
 use super::{reply, Reply};
 use crate::error::ServerError;
 use crate::node::Node;
@@ -25,9 +25,10 @@ impl LockService {
 
     async fn lock(&self, r: LockRequest) -> Result<LockResponse, ServerError> {
         let node = &self.node;
-        let owned = own(node, &r.name, r.lease, b"").await?;
+        let lease = session_lease(node, r.lease).await?;
+        let owned = own(node, &r.name, lease, b"").await?;
         let guard = Abandon::new(node.clone(), owned.key.clone());
-        wait_predecessors(node, &r.name, owned.rev).await?;
+        wait_turn(node, &r.name, owned.rev, lease).await?;
         // The lease may have expired while we waited, taking the key along.
         let still = node.store.range(&RangeRequest {
             key: owned.key.clone(),

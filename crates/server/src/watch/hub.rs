@@ -40,7 +40,8 @@ impl Watcher {
     pub fn wants(&self, e: &Event) -> bool {
         let Some(kv) = &e.kv else { return false };
         let put = e.r#type == EventType::Put as i32;
-        self.range.contains(&kv.key) && !(put && self.no_put) && !(!put && self.no_delete)
+        let filtered = if put { self.no_put } else { self.no_delete };
+        self.range.contains(&kv.key) && !filtered
     }
 }
 

@@ -202,13 +202,11 @@ impl StreamTask {
                 }
                 self.next_auto_id
             };
-            if stream.watchers.contains_key(&id) {
-                Err((id, rev))
-            } else {
-                let filters = |f: FilterType| c.filters.contains(&(f as i32));
-                stream.watchers.insert(
-                    id,
-                    Watcher {
+            match stream.watchers.entry(id) {
+                std::collections::hash_map::Entry::Occupied(_) => Err((id, rev)),
+                std::collections::hash_map::Entry::Vacant(slot) => {
+                    let filters = |f: FilterType| c.filters.contains(&(f as i32));
+                    slot.insert(Watcher {
                         range: KeyRange::new(&c.key, &c.range_end),
                         no_put: filters(FilterType::Noput),
                         no_delete: filters(FilterType::Nodelete),
@@ -224,9 +222,9 @@ impl StreamTask {
                         // syncs it at once when there is no history to send.
                         synced: false,
                         active: false,
-                    },
-                );
-                Ok((id, rev))
+                    });
+                    Ok((id, rev))
+                }
             }
         };
         match outcome {
