@@ -192,5 +192,6 @@ impl Hub {
 }
 
 /// Size above which a response to a watcher that asked for fragments is
-/// split (etcd splits at its request limit; this is the default one).
-pub const FRAGMENT_BYTES: usize = 1536 * 1024;
+/// split: etcd's request limit plus its gRPC overhead, with the defaults.
+pub const FRAGMENT_BYTES: usize =
+    crate::config::DEFAULT_MAX_REQUEST_BYTES + crate::config::GRPC_OVERHEAD_BYTES;

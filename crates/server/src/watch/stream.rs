@@ -27,8 +27,13 @@ use crate::service::Reply;
 const QUEUE: usize = 256;
 /// Events read from storage per catch-up step.
 const CHUNK: usize = 1000;
-/// The watch id etcd uses for stream-wide progress responses.
+/// The watch id etcd uses for stream-wide progress responses and refused
+/// creates.
 const PROGRESS_ALL_ID: i64 = -1;
+/// etcd's reason for refusing a create whose range holds no key.
+const WATCH_RANGE_EMPTY: &str = "mvcc: watcher range is empty";
+/// etcd's reason for refusing a client-chosen id already in use.
+const WATCH_DUPLICATE_ID: &str = "mvcc: duplicate watch ID provided on the WatchStream";
 
 /// The Watch service.
 pub struct WatchService {
@@ -64,6 +69,7 @@ pub fn local_watch(
         id,
         tx,
         next_auto_id: 0,
+        progress_pending: false,
     };
     let first = WatchRequest {
         request_union: Some(watch_request::RequestUnion::CreateRequest(create)),
@@ -89,6 +95,7 @@ impl Watch for WatchService {
             id,
             tx,
             next_auto_id: 0,
+            progress_pending: false,
         };
         tokio::spawn(s.run(req.into_inner(), wake, self.progress_interval));
         Ok(tonic::Response::new(Box::pin(ReceiverStream::new(rx))))
@@ -100,6 +107,8 @@ struct StreamTask {
     id: u64,
     tx: Outbound,
     next_auto_id: i64,
+    /// A progress request waits for catch-up to finish.
+    progress_pending: bool,
 }
 
 impl StreamTask {
@@ -165,31 +174,47 @@ impl StreamTask {
                 Ok(())
             }
             Some(watch_request::RequestUnion::ProgressRequest(_)) => {
-                // Like etcd, answer only when every watcher is caught up, so
-                // the revision reported is one they have all seen.
-                let rev = {
-                    let st = self.hub.state.lock();
-                    let all_synced = st
-                        .streams
-                        .get(&self.id)
-                        .is_some_and(|s| s.watchers.values().all(|w| w.synced));
-                    all_synced.then_some(st.last_rev)
-                };
-                if let Some(rev) = rev {
-                    let resp = WatchResponse {
-                        header: self.hub.header(rev),
-                        watch_id: PROGRESS_ALL_ID,
-                        ..Default::default()
-                    };
-                    self.send(resp).await?;
-                }
-                Ok(())
+                // The revision reported must be one every watcher of the
+                // stream has seen: answer now if all are caught up, else
+                // once catch-up finishes (as etcd 3.5.8+ does).
+                self.progress_pending = true;
+                self.answer_progress().await
             }
             None => Ok(()),
         }
     }
 
+    /// Sends a pending stream-wide progress response if every watcher of
+    /// the stream is synced.
+    async fn answer_progress(&mut self) -> Result<(), ()> {
+        if !self.progress_pending {
+            return Ok(());
+        }
+        let rev = {
+            let st = self.hub.state.lock();
+            let all_synced = st
+                .streams
+                .get(&self.id)
+                .is_some_and(|s| s.watchers.values().all(|w| w.synced));
+            all_synced.then_some(st.last_rev)
+        };
+        if let Some(rev) = rev {
+            self.progress_pending = false;
+            let resp = WatchResponse {
+                header: self.hub.header(rev),
+                watch_id: PROGRESS_ALL_ID,
+                ..Default::default()
+            };
+            self.send(resp).await?;
+        }
+        Ok(())
+    }
+
     async fn create(&mut self, c: WatchCreateRequest) -> Result<(), ()> {
+        let range = KeyRange::new(&c.key, &c.range_end);
+        if matches!(&range, KeyRange::Span(start, Some(end)) if end <= start) {
+            return self.refuse(WATCH_RANGE_EMPTY).await;
+        }
         let outcome = {
             let mut st = self.hub.state.lock();
             let rev = st.last_rev;
@@ -197,17 +222,19 @@ impl StreamTask {
             let id = if c.watch_id != 0 {
                 c.watch_id
             } else {
+                // Ids are never reused on a stream, even after a cancel.
                 while stream.watchers.contains_key(&self.next_auto_id) {
                     self.next_auto_id += 1;
                 }
-                self.next_auto_id
+                self.next_auto_id += 1;
+                self.next_auto_id - 1
             };
             match stream.watchers.entry(id) {
-                std::collections::hash_map::Entry::Occupied(_) => Err((id, rev)),
+                std::collections::hash_map::Entry::Occupied(_) => Err(()),
                 std::collections::hash_map::Entry::Vacant(slot) => {
                     let filters = |f: FilterType| c.filters.contains(&(f as i32));
                     slot.insert(Watcher {
-                        range: KeyRange::new(&c.key, &c.range_end),
+                        range,
                         no_put: filters(FilterType::Noput),
                         no_delete: filters(FilterType::Nodelete),
                         prev_kv: c.prev_kv,
@@ -238,18 +265,23 @@ impl StreamTask {
                 self.send(resp).await?;
                 self.catch_up().await
             }
-            Err((id, rev)) => {
-                let resp = WatchResponse {
-                    header: self.hub.header(rev),
-                    watch_id: id,
-                    created: true,
-                    canceled: true,
-                    cancel_reason: "mvcc: duplicate watch ID provided on the WatchStream".into(),
-                    ..Default::default()
-                };
-                self.send(resp).await
-            }
+            Err(_) => self.refuse(WATCH_DUPLICATE_ID).await,
         }
+    }
+
+    /// Answers a create request that cannot be served: etcd marks such a
+    /// response created and canceled, with watch id -1.
+    async fn refuse(&self, reason: &str) -> Result<(), ()> {
+        let rev = self.hub.state.lock().last_rev;
+        let resp = WatchResponse {
+            header: self.hub.header(rev),
+            watch_id: PROGRESS_ALL_ID,
+            created: true,
+            canceled: true,
+            cancel_reason: reason.into(),
+            ..Default::default()
+        };
+        self.send(resp).await
     }
 
     /// Brings every unsynced watcher of this stream up to date from storage.
@@ -277,7 +309,7 @@ impl StreamTask {
                     })
             };
             let Some((id, range, from, prev_kv, fragment, no_put, no_delete)) = job else {
-                return Ok(());
+                return self.answer_progress().await;
             };
             let probe = Watcher {
                 range: range.clone(),
