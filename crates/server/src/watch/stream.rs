@@ -369,7 +369,8 @@ impl StreamTask {
                         (st.last_rev, self.hub.store().compact_revision())
                     };
                     let resp = WatchResponse {
-                        header: self.hub.header(rev),
+                        // etcd sends this one with revision 0 in its header.
+                        header: self.hub.header(if compacted { 0 } else { rev }),
                         watch_id: id,
                         canceled: true,
                         compact_revision: if compacted { compact_rev } else { 0 },
