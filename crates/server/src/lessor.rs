@@ -138,6 +138,16 @@ impl Lessor {
         Some((left, e.ttl))
     }
 
+    /// Sorts lease ids by deadline, soonest first, as etcd lists leases;
+    /// ids the lessor does not know go last.
+    pub fn sort_by_expiry(&self, ids: &mut [i64]) {
+        let inner = self.inner.lock();
+        ids.sort_by_key(|id| {
+            let deadline = inner.leases.get(id).map(|e| e.deadline);
+            (deadline.is_none(), deadline, *id)
+        });
+    }
+
     /// Leases whose deadline has passed and that are not yet being revoked.
     /// They leave the queue (so they are proposed once) but stay known, so
     /// renewing them fails until the revoke lands.

@@ -154,13 +154,15 @@ impl Lease for LeaseService {
     }
 
     async fn lease_leases(&self, _req: Request<LeaseLeasesRequest>) -> Reply<LeaseLeasesResponse> {
-        let leases = self
+        let mut ids: Vec<i64> = self
             .node
             .store
             .leases()
             .into_iter()
-            .map(|(id, _, _)| LeaseStatus { id })
+            .map(|(id, _, _)| id)
             .collect();
+        self.node.lessor.sort_by_expiry(&mut ids);
+        let leases = ids.into_iter().map(|id| LeaseStatus { id }).collect();
         reply(Ok(LeaseLeasesResponse {
             header: self.node.header(0),
             leases,
