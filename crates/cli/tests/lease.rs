@@ -23,7 +23,7 @@ use std::fmt::Debug;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use common::{Etcd, Roster};
+use common::{Roster, Server};
 use etcd_client::{
     Client, ConnectOptions, Event, EventType, GetOptions, LeaseGrantOptions,
     LeaseTimeToLiveOptions, PutOptions, WatchOptions, WatchStream,
@@ -37,32 +37,6 @@ const RPC_TIMEOUT: Duration = Duration::from_secs(10);
 
 const NOT_FOUND: &str = "NotFound";
 const LEASE_NOT_FOUND: &str = "etcdserver: requested lease not found";
-
-/// The server under test: roster, or the real etcd when
-/// `ROSTER_TEST_AGAINST_ETCD` is set, to check that the expectations here
-/// are etcd's.
-enum Server {
-    Roster(Roster),
-    Etcd(Etcd),
-}
-
-impl Server {
-    fn start() -> Server {
-        if std::env::var_os("ROSTER_TEST_AGAINST_ETCD").is_some_and(|v| !v.is_empty()) {
-            Server::Etcd(Etcd::start())
-        } else {
-            Server::Roster(Roster::start())
-        }
-    }
-
-    /// `127.0.0.1:PORT`.
-    fn endpoint(&self) -> &str {
-        match self {
-            Server::Roster(r) => &r.endpoint,
-            Server::Etcd(e) => &e.endpoint,
-        }
-    }
-}
 
 /// Connects an etcd client to `endpoint`. The timeout covers each unary call
 /// and the opening of each stream, not a stream's later messages.

@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Etcd, Roster};
+use common::Server;
 use etcd_client::{
     Client, ConnectOptions, LeaderKey, LockOptions, ObserveStream, ProclaimOptions, ResignOptions,
 };
@@ -44,31 +44,6 @@ const STILL_BLOCKED: Duration = Duration::from_millis(500);
 
 const NOT_LEADER: &str = "election: not leader";
 const NO_LEADER: &str = "election: no leader";
-
-/// The server under test: roster, or the real etcd when
-/// `ROSTER_TEST_AGAINST_ETCD` is set, to check that the expectations here
-/// are etcd's.
-enum Server {
-    Roster(Roster),
-    Etcd(Etcd),
-}
-
-impl Server {
-    fn start() -> Server {
-        if std::env::var_os("ROSTER_TEST_AGAINST_ETCD").is_some_and(|v| !v.is_empty()) {
-            Server::Etcd(Etcd::start())
-        } else {
-            Server::Roster(Roster::start())
-        }
-    }
-
-    fn url(&self) -> String {
-        match self {
-            Server::Roster(r) => r.url(),
-            Server::Etcd(e) => format!("http://{}", e.endpoint),
-        }
-    }
-}
 
 /// Connects an etcd client. The timeout covers each unary call and the
 /// opening of each stream, not a stream's later messages.

@@ -23,7 +23,7 @@ use std::collections::BTreeMap;
 use std::fmt::{self, Write as _};
 use std::time::Duration;
 
-use common::{Etcd, Roster};
+use common::Server;
 use etcd_client::{
     Client, DeleteOptions, Event, EventType, PutOptions, Txn, TxnOp, WatchFilterType, WatchOptions,
     WatchResponse, WatchStream,
@@ -33,46 +33,11 @@ use tokio::time::timeout;
 /// Longest wait for any one response.
 const WAIT: Duration = Duration::from_secs(10);
 
-/// The server under test: roster, or etcd when `ROSTER_TEST_AGAINST_ETCD`
-/// is set. Killed on drop.
-enum Server {
-    /// Roster, and its data directory: removed after the server is killed.
-    Roster {
-        server: Roster,
-        _dir: tempfile::TempDir,
-    },
-    Etcd(Etcd),
-}
-
-impl Server {
-    /// Starts a fresh server.
-    fn start() -> Server {
-        Server::start_with(&[])
-    }
-
-    /// Starts a fresh server with extra roster flags. etcd takes the only
-    /// one used here from its environment (see the module docs).
-    fn start_with(flags: &[&str]) -> Server {
-        if std::env::var_os("ROSTER_TEST_AGAINST_ETCD").is_some() {
-            return Server::Etcd(Etcd::start());
-        }
-        let dir = tempfile::tempdir().expect("tempdir");
-        Server::Roster {
-            server: Roster::start_in(dir.path(), flags),
-            _dir: dir,
-        }
-    }
-
-    /// Connects a new client.
-    async fn connect(&self) -> Client {
-        let endpoint = match self {
-            Server::Roster { server, .. } => &server.endpoint,
-            Server::Etcd(e) => &e.endpoint,
-        };
-        Client::connect([format!("http://{endpoint}")], None)
-            .await
-            .expect("connect")
-    }
+/// Connects a new client.
+async fn connect(server: &Server) -> Client {
+    Client::connect([server.url()], None)
+        .await
+        .expect("connect")
 }
 
 /// The next response on `s`, which must come within [`WAIT`].
@@ -231,7 +196,7 @@ async fn revision(c: &mut Client) -> i64 {
 #[tokio::test]
 async fn single_key_events_carry_the_key_values_and_header_revisions() {
     let server = Server::start();
-    let mut c = server.connect().await;
+    let mut c = connect(&server).await;
     let (mut s, id, rev) = open(&mut c, "a", WatchOptions::new()).await;
     assert_eq!((id, rev), (0, 1), "first watcher id and creation revision");
 
@@ -274,7 +239,7 @@ async fn single_key_events_carry_the_key_values_and_header_revisions() {
 #[tokio::test]
 async fn txns_deletes_and_lease_revocations_are_one_response_per_revision() {
     let server = Server::start();
-    let mut c = server.connect().await;
+    let mut c = connect(&server).await;
     let (mut s, id, _) = open(&mut c, "", WatchOptions::new().with_all_keys()).await;
 
     let txn = Txn::new().and_then([
@@ -326,7 +291,7 @@ async fn txns_deletes_and_lease_revocations_are_one_response_per_revision() {
 #[tokio::test]
 async fn range_prefix_from_key_and_all_keys_watchers_share_a_stream() {
     let server = Server::start();
-    let mut c = server.connect().await;
+    let mut c = connect(&server).await;
     let (mut s, single, _) = open(&mut c, "b", WatchOptions::new()).await;
     let range = add(&mut s, "b", WatchOptions::new().with_range("d")).await;
     let prefix = add(&mut s, "p/", WatchOptions::new().with_prefix()).await;
@@ -382,7 +347,7 @@ async fn range_prefix_from_key_and_all_keys_watchers_share_a_stream() {
 #[tokio::test]
 async fn start_revision_replays_history_then_continues_live() {
     let server = Server::start();
-    let mut c = server.connect().await;
+    let mut c = connect(&server).await;
     c.put("a", "1", None).await.unwrap(); // rev 2
     c.put("b", "1", None).await.unwrap(); // rev 3
     c.delete("a", None).await.unwrap(); // rev 4
@@ -436,7 +401,7 @@ async fn start_revision_replays_history_then_continues_live() {
 #[tokio::test]
 async fn a_future_start_revision_waits_for_that_revision() {
     let server = Server::start();
-    let mut c = server.connect().await;
+    let mut c = connect(&server).await;
     c.put("a", "1", None).await.unwrap(); // rev 2
     let (mut s, id, _) = open(&mut c, "a", WatchOptions::new().with_start_revision(4)).await;
     let witness = add(&mut s, "a", WatchOptions::new()).await;
@@ -452,7 +417,7 @@ async fn a_future_start_revision_waits_for_that_revision() {
 #[tokio::test]
 async fn prev_kv_is_the_pair_before_each_put_and_delete() {
     let server = Server::start();
-    let mut c = server.connect().await;
+    let mut c = connect(&server).await;
     c.put("a", "1", None).await.unwrap(); // rev 2
     let (mut s, with, _) = open(&mut c, "a", WatchOptions::new().with_prev_key()).await;
     let without = add(&mut s, "a", WatchOptions::new()).await;
@@ -491,7 +456,7 @@ async fn prev_kv_is_the_pair_before_each_put_and_delete() {
 #[tokio::test]
 async fn noput_and_nodelete_filters_drop_those_events() {
     let server = Server::start();
-    let mut c = server.connect().await;
+    let mut c = connect(&server).await;
     let all = || WatchOptions::new().with_all_keys();
     let (mut s, no_put, _) = open(&mut c, "", all().with_filters([WatchFilterType::NoPut])).await;
     let no_del = add(&mut s, "", all().with_filters([WatchFilterType::NoDelete])).await;
@@ -518,7 +483,7 @@ async fn noput_and_nodelete_filters_drop_those_events() {
 #[tokio::test]
 async fn idle_watchers_that_ask_get_progress_notices_at_the_current_revision() {
     let server = Server::start_with(&["--experimental-watch-progress-notify-interval", "300ms"]);
-    let mut c = server.connect().await;
+    let mut c = connect(&server).await;
     let notify = WatchOptions::new().with_progress_notify();
     let (mut s, asks, _) = open(&mut c, "idle", notify).await;
     let quiet = add(&mut s, "idle2", WatchOptions::new()).await;
@@ -546,7 +511,7 @@ async fn idle_watchers_that_ask_get_progress_notices_at_the_current_revision() {
 #[tokio::test]
 async fn a_progress_request_is_answered_with_the_current_revision() {
     let server = Server::start();
-    let mut c = server.connect().await;
+    let mut c = connect(&server).await;
     let (mut s, _, _) = open(&mut c, "a", WatchOptions::new()).await;
     c.put("b", "1", None).await.unwrap(); // rev 2
     c.put("b", "2", None).await.unwrap(); // rev 3
@@ -564,7 +529,7 @@ async fn a_progress_request_is_answered_with_the_current_revision() {
 #[tokio::test]
 async fn a_canceled_watcher_gets_no_more_events() {
     let server = Server::start();
-    let mut c = server.connect().await;
+    let mut c = connect(&server).await;
     let (mut s, gone, _) = open(&mut c, "a", WatchOptions::new()).await;
     let witness = add(&mut s, "a", WatchOptions::new()).await;
     c.put("a", "1", None).await.unwrap(); // rev 2
@@ -586,7 +551,7 @@ async fn a_canceled_watcher_gets_no_more_events() {
 #[tokio::test]
 async fn watch_ids_are_per_stream_counting_from_zero_or_chosen_by_the_client() {
     let server = Server::start();
-    let mut c = server.connect().await;
+    let mut c = connect(&server).await;
     let (mut s, first, _) = open(&mut c, "a", WatchOptions::new()).await;
     let mut ids = vec![first];
     ids.push(add(&mut s, "a", WatchOptions::new()).await);
@@ -623,7 +588,7 @@ async fn watch_ids_are_per_stream_counting_from_zero_or_chosen_by_the_client() {
 #[tokio::test]
 async fn a_duplicate_client_chosen_watch_id_is_refused() {
     let server = Server::start();
-    let mut c = server.connect().await;
+    let mut c = connect(&server).await;
     let (mut s, id, _) = open(&mut c, "a", WatchOptions::new().with_watch_id(7)).await;
     assert_eq!(id, 7);
 
@@ -647,7 +612,7 @@ async fn a_duplicate_client_chosen_watch_id_is_refused() {
 #[tokio::test]
 async fn many_watchers_on_one_stream_each_get_their_own_events() {
     let server = Server::start();
-    let mut c = server.connect().await;
+    let mut c = connect(&server).await;
     let key = |i: usize| format!("m/{i:02}");
     let (mut s, first, _) = open(&mut c, &key(0), WatchOptions::new()).await;
     let mut ids = vec![first];
@@ -704,7 +669,7 @@ async fn reassemble(s: &mut WatchStream, id: i64) -> Vec<WatchResponse> {
 #[tokio::test]
 async fn fragment_splits_large_responses_and_every_event_arrives() {
     let server = Server::start();
-    let mut c = server.connect().await;
+    let mut c = connect(&server).await;
     let key = |i: usize| format!("f/{i:02}");
     let n = 22; // 22 values of 64 KiB: a txn just under the 1.5 MiB limit.
     for i in 0..n {
@@ -787,7 +752,7 @@ async fn fragment_splits_large_responses_and_every_event_arrives() {
 #[tokio::test]
 async fn a_start_revision_below_the_compaction_cancels_the_watcher() {
     let server = Server::start();
-    let mut c = server.connect().await;
+    let mut c = connect(&server).await;
     for v in 1..=5 {
         c.put("a", v.to_string(), None).await.unwrap(); // revs 2 to 6
     }
@@ -817,7 +782,7 @@ async fn a_start_revision_below_the_compaction_cancels_the_watcher() {
 #[tokio::test]
 async fn an_empty_key_range_is_refused() {
     let server = Server::start();
-    let mut c = server.connect().await;
+    let mut c = connect(&server).await;
     let mut s = c
         .watch("b", Some(WatchOptions::new().with_range("a")))
         .await

@@ -74,8 +74,13 @@ fn spawn_until_ready(mut cmd: Command, marker: &'static str) -> (Child, Vec<Stri
 impl Roster {
     /// Starts a server on a fresh temporary data directory.
     pub fn start() -> Roster {
+        Roster::start_with(&[])
+    }
+
+    /// Starts a server with extra flags on a fresh temporary data directory.
+    pub fn start_with(extra: &[&str]) -> Roster {
         let tmp = tempfile::tempdir().expect("tempdir");
-        let mut r = Roster::start_in(tmp.path(), &[]);
+        let mut r = Roster::start_in(tmp.path(), extra);
         r._tmp = Some(tmp);
         r
     }
@@ -204,5 +209,50 @@ impl Drop for Etcd {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// True when `ROSTER_TEST_AGAINST_ETCD` is set (and not empty): tests that
+/// use [`Server`] then run against the real etcd, to check that their
+/// expectations are etcd's.
+pub fn against_etcd() -> bool {
+    std::env::var_os("ROSTER_TEST_AGAINST_ETCD").is_some_and(|v| !v.is_empty())
+}
+
+/// The server under test: Roster, or the real etcd (see [`against_etcd`]).
+pub enum Server {
+    /// Our binary.
+    Roster(Roster),
+    /// The real etcd.
+    Etcd(Etcd),
+}
+
+impl Server {
+    /// Starts a fresh server.
+    pub fn start() -> Server {
+        Server::start_with(&[])
+    }
+
+    /// Starts a fresh server; `flags` go to Roster (etcd takes its
+    /// settings from its environment).
+    pub fn start_with(flags: &[&str]) -> Server {
+        if against_etcd() {
+            Server::Etcd(Etcd::start())
+        } else {
+            Server::Roster(Roster::start_with(flags))
+        }
+    }
+
+    /// `127.0.0.1:PORT`.
+    pub fn endpoint(&self) -> &str {
+        match self {
+            Server::Roster(r) => &r.endpoint,
+            Server::Etcd(e) => &e.endpoint,
+        }
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.endpoint())
     }
 }
