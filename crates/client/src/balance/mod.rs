@@ -1,0 +1,1 @@
+//! Load balancers over a set of instances (being written).
