@@ -3,6 +3,16 @@
 //! Works against a Roster server and against a real etcd cluster alike.
 
 pub mod balance;
+pub mod client;
+pub mod discover;
+pub mod error;
 pub mod instance;
+pub mod register;
+pub mod registry;
 
+pub use client::{Backoff, Client, Options};
+pub use discover::{Change, Discovery};
+pub use error::{Error, Result};
 pub use instance::Instance;
+pub use register::{Registration, RegistrationEvent};
+pub use registry::Registry;

@@ -88,12 +88,28 @@ impl Roster {
     /// Starts a server on `data_dir` with extra flags, listening on a port
     /// chosen by the OS.
     pub fn start_in(data_dir: &Path, extra: &[&str]) -> Roster {
+        Roster::spawn(data_dir, "http://127.0.0.1:0", extra)
+    }
+
+    /// Kills the server (SIGKILL) and starts it again on the same data
+    /// directory and port, as a crashed registry coming back.
+    pub fn restart(&mut self) {
+        self.kill();
+        let tmp = self._tmp.take();
+        let url = self.url();
+        let mut again = Roster::spawn(&self.data_dir, &url, &[]);
+        again._tmp = tmp;
+        // `again` ends up holding the dead, already reaped process.
+        std::mem::swap(self, &mut again);
+    }
+
+    fn spawn(data_dir: &Path, listen: &str, extra: &[&str]) -> Roster {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_roster"));
         cmd.arg("serve")
             .arg("--data-dir")
             .arg(data_dir)
             .arg("--listen-client-urls")
-            .arg("http://127.0.0.1:0")
+            .arg(listen)
             .args(extra)
             .env("RUST_LOG", "warn");
         let marker = "ready to serve client requests on http://";
@@ -172,6 +188,7 @@ pub struct Etcd {
     child: Child,
     /// `127.0.0.1:PORT`.
     pub endpoint: String,
+    peer: String,
     _tmp: tempfile::TempDir,
 }
 
@@ -181,27 +198,40 @@ impl Etcd {
         let tmp = tempfile::tempdir().expect("tempdir");
         let client = format!("http://127.0.0.1:{}", free_port());
         let peer = format!("http://127.0.0.1:{}", free_port());
+        let child = Etcd::spawn(tmp.path(), &client, &peer);
+        Etcd {
+            child,
+            endpoint: client.trim_start_matches("http://").to_string(),
+            peer,
+            _tmp: tmp,
+        }
+    }
+
+    /// Kills etcd (SIGKILL) and starts it again on the same data and ports.
+    pub fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let client = format!("http://{}", self.endpoint);
+        self.child = Etcd::spawn(self._tmp.path(), &client, &self.peer);
+    }
+
+    fn spawn(dir: &Path, client: &str, peer: &str) -> Child {
         let mut cmd = Command::new(etcd_binary());
         cmd.arg("--name")
             .arg("default")
             .arg("--data-dir")
-            .arg(tmp.path().join("etcd"))
+            .arg(dir.join("etcd"))
             .arg("--listen-client-urls")
-            .arg(&client)
+            .arg(client)
             .arg("--advertise-client-urls")
-            .arg(&client)
+            .arg(client)
             .arg("--listen-peer-urls")
-            .arg(&peer)
+            .arg(peer)
             .arg("--initial-advertise-peer-urls")
-            .arg(&peer)
+            .arg(peer)
             .arg("--initial-cluster")
             .arg(format!("default={peer}"));
-        let (child, _) = spawn_until_ready(cmd, "ready to serve client requests");
-        Etcd {
-            child,
-            endpoint: client.trim_start_matches("http://").to_string(),
-            _tmp: tmp,
-        }
+        spawn_until_ready(cmd, "ready to serve client requests").0
     }
 }
 
@@ -228,6 +258,14 @@ pub enum Server {
 }
 
 impl Server {
+    /// Kills the server and starts it again on the same data and port.
+    pub fn restart(&mut self) {
+        match self {
+            Server::Roster(r) => r.restart(),
+            Server::Etcd(e) => e.restart(),
+        }
+    }
+
     /// Starts a fresh server.
     pub fn start() -> Server {
         Server::start_with(&[])

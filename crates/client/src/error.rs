@@ -1,0 +1,21 @@
+//! The client's error type.
+
+/// What a client call can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The server answered with an error status (etcd's code and message).
+    #[error("{}: {}", .0.code(), .0.message())]
+    Status(#[from] tonic::Status),
+    /// No endpoint was given, or one could not be parsed.
+    #[error("bad endpoint {0:?}")]
+    Endpoint(String),
+    /// The call did not finish in time.
+    #[error("timed out")]
+    Timeout,
+    /// A background task or stream ended.
+    #[error("closed")]
+    Closed,
+}
+
+/// The client's result type.
+pub type Result<T> = std::result::Result<T, Error>;
