@@ -60,7 +60,6 @@ pub struct Node {
     pub hub: Arc<Hub>,
     /// Notified when the write path fails and the node must stop.
     pub fatal: Arc<Notify>,
-    db_path: PathBuf,
 }
 
 const META_CLUSTER_ID: &str = "cluster_id";
@@ -125,7 +124,6 @@ impl Node {
             lessor,
             hub,
             fatal,
-            db_path,
         }))
     }
 
@@ -136,7 +134,7 @@ impl Node {
 
     /// Size of the database file.
     pub fn db_size(&self) -> u64 {
-        self.store.size_on_disk(&self.db_path)
+        self.store.size_on_disk()
     }
 
     /// A response header; `revision` 0 means the current revision.

@@ -17,8 +17,8 @@ use roster_proto::etcdserverpb::{
     range_request::SortOrder, range_request::SortTarget, request_op, response_op,
     CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse,
     LeaseCheckpointRequest, LeaseCheckpointResponse, LeaseGrantRequest, LeaseGrantResponse,
-    LeaseRevokeRequest, LeaseRevokeResponse, PutRequest, PutResponse, RangeRequest, RequestOp,
-    ResponseHeader, ResponseOp, TxnRequest, TxnResponse,
+    LeaseRevokeRequest, LeaseRevokeResponse, PutRequest, PutResponse, RangeRequest, ResponseHeader,
+    ResponseOp, TxnRequest, TxnResponse,
 };
 use roster_proto::mvccpb::{event::EventType, Event, KeyValue};
 
@@ -77,11 +77,6 @@ impl<'a, 't> WriteTxn<'a, 't> {
     /// The revision reads inside this transaction see: its own changes count.
     pub fn rev(&self) -> i64 {
         self.begin_rev + i64::from(self.changed())
-    }
-
-    /// The revision the store is at once this transaction ends.
-    pub fn end_rev(&self) -> i64 {
-        self.rev()
     }
 
     /// The changes made, as watch events, in the order they were made.
@@ -456,14 +451,4 @@ fn check_range(view: &View<'_>, r: &RangeRequest) -> Result<(), StoreError> {
     SortOrder::try_from(r.sort_order).map_err(|_| StoreError::Invalid("sort order"))?;
     SortTarget::try_from(r.sort_target).map_err(|_| StoreError::Invalid("sort target"))?;
     view.check_revision(r.revision).map(|_| ())
-}
-
-/// Walks every op of a txn, both branches and nested txns, depth first.
-pub fn for_each_op(t: &TxnRequest, f: &mut dyn FnMut(&RequestOp)) {
-    for op in t.success.iter().chain(&t.failure) {
-        f(op);
-        if let Some(request_op::Request::RequestTxn(inner)) = &op.request {
-            for_each_op(inner, f);
-        }
-    }
 }

@@ -14,7 +14,7 @@
 //!   index before the drop opened its read transaction before it too, so the
 //!   records it may ask for are still in its snapshot.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::{Mutex, RwLock};
@@ -83,6 +83,8 @@ struct State {
 /// The MVCC key-value store. Cheap to share behind an `Arc`.
 pub struct Store {
     db: Database,
+    /// The database file.
+    path: PathBuf,
     state: RwLock<State>,
     /// Records dropped from the index, still to be deleted from redb.
     garbage: Mutex<Vec<Revision>>,
@@ -144,6 +146,7 @@ impl Store {
         let garbage = index.compact(compact);
         let store = Store {
             db,
+            path: path.to_path_buf(),
             state: RwLock::new(State {
                 index,
                 leases,
@@ -182,8 +185,8 @@ impl Store {
     }
 
     /// The size of the database file in bytes (as etcd reports `dbSize`).
-    pub fn size_on_disk(&self, path: &Path) -> u64 {
-        std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
+    pub fn size_on_disk(&self) -> u64 {
+        std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0)
     }
 
     /// Applies `commands`, numbered by their log index, in order, makes them
@@ -231,7 +234,7 @@ impl Store {
                         return Err(StoreError::Storage(e.to_string()));
                     }
                 }
-                st.applied_rev = w.end_rev();
+                st.applied_rev = w.rev();
                 st.pending_compact_rev = w.compact_rev();
                 st.applied_index = st.applied_index.max(*log_index);
                 out.push(Applied {
