@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 use roster_proto::etcdserverpb::{ResponseHeader, WatchResponse};
-use roster_proto::mvccpb::{event::EventType, Event};
+use roster_proto::mvccpb::{event::EventType, Event, KeyValue};
 use roster_store::index::KeyRange;
 use roster_store::Store;
 use tokio::sync::{mpsc, Notify};
@@ -13,8 +13,9 @@ use tokio::sync::{mpsc, Notify};
 /// What flows to a watch stream's client.
 pub type Outbound = mpsc::Sender<Result<WatchResponse, tonic::Status>>;
 
-/// One watcher's settings and cursor.
-pub struct Watcher {
+/// What a watcher asks for: which events, and in what shape.
+#[derive(Debug, Clone)]
+pub struct Selector {
     /// Keys watched.
     pub range: KeyRange,
     /// Drop PUT events.
@@ -25,6 +26,22 @@ pub struct Watcher {
     pub prev_kv: bool,
     /// Split responses larger than the request limit.
     pub fragment: bool,
+}
+
+impl Selector {
+    /// True when `e` is for this watcher, ignoring revisions.
+    pub fn wants(&self, e: &Event) -> bool {
+        let Some(kv) = &e.kv else { return false };
+        let put = e.r#type == EventType::Put as i32;
+        let filtered = if put { self.no_put } else { self.no_delete };
+        self.range.contains(&kv.key) && !filtered
+    }
+}
+
+/// One watcher's selector and cursor.
+pub struct Watcher {
+    /// What it asks for.
+    pub selector: Selector,
     /// Send empty responses when idle (see the stream's progress timer).
     pub progress_notify: bool,
     /// The lowest revision not yet sent.
@@ -33,16 +50,6 @@ pub struct Watcher {
     pub synced: bool,
     /// True if something was sent since the last progress tick.
     pub active: bool,
-}
-
-impl Watcher {
-    /// True when `e` is for this watcher, ignoring revisions.
-    pub fn wants(&self, e: &Event) -> bool {
-        let Some(kv) = &e.kv else { return false };
-        let put = e.r#type == EventType::Put as i32;
-        let filtered = if put { self.no_put } else { self.no_delete };
-        self.range.contains(&kv.key) && !filtered
-    }
 }
 
 /// One watch stream's share of the hub.
@@ -73,12 +80,10 @@ pub struct Hub {
     member: (u64, u64, u64),
 }
 
-/// Fills in prev_kv for the events a watcher wants it on.
-pub fn with_prev(store: &Store, mut e: Event) -> Event {
-    if let Some(kv) = &e.kv {
-        e.prev_kv = store.kv_at(&kv.key, kv.mod_revision - 1).ok().flatten();
-    }
-    e
+/// The key-value an event's key had just before the event.
+pub fn prev_of(store: &Store, e: &Event) -> Option<KeyValue> {
+    let kv = e.kv.as_ref()?;
+    store.kv_at(&kv.key, kv.mod_revision - 1).ok().flatten()
 }
 
 impl Hub {
@@ -141,28 +146,28 @@ impl Hub {
             return;
         }
         st.last_rev = rev;
+        let mut prevs: Vec<Option<Option<KeyValue>>> = vec![None; events.len()];
         for stream in st.streams.values_mut() {
             let mut wake = false;
             for (&watch_id, w) in stream.watchers.iter_mut() {
                 if !w.synced {
                     continue;
                 }
-                let mine: Vec<Event> = events
-                    .iter()
-                    .filter(|e| {
+                let mut mine = Vec::new();
+                for (e, prev) in events.iter().zip(prevs.iter_mut()) {
+                    let fresh =
                         e.kv.as_ref()
-                            .is_some_and(|kv| kv.mod_revision >= w.next_rev)
-                    })
-                    .filter(|e| w.wants(e))
-                    .cloned()
-                    .map(|e| {
-                        if w.prev_kv {
-                            with_prev(&self.store, e)
-                        } else {
-                            e
-                        }
-                    })
-                    .collect();
+                            .is_some_and(|kv| kv.mod_revision >= w.next_rev);
+                    if !fresh || !w.selector.wants(e) {
+                        continue;
+                    }
+                    let mut e = e.clone();
+                    if w.selector.prev_kv {
+                        // Read once per event, however many watchers want it.
+                        e.prev_kv = prev.get_or_insert_with(|| prev_of(&self.store, &e)).clone();
+                    }
+                    mine.push(e);
+                }
                 if mine.is_empty() {
                     w.next_rev = w.next_rev.max(rev + 1);
                     continue;
@@ -175,7 +180,8 @@ impl Hub {
                 };
                 // Large responses that must be fragmented go the catch-up
                 // way, which can send several messages in order.
-                let too_big = w.fragment && prost::Message::encoded_len(&resp) > FRAGMENT_BYTES;
+                let too_big =
+                    w.selector.fragment && prost::Message::encoded_len(&resp) > FRAGMENT_BYTES;
                 if too_big || stream.tx.try_send(Ok(resp)).is_err() {
                     w.synced = false;
                     wake = true;

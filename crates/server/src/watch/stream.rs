@@ -19,7 +19,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Status, Streaming};
 
-use super::hub::{with_prev, Hub, Outbound, Watcher, FRAGMENT_BYTES};
+use super::hub::{prev_of, Hub, Outbound, Selector, Watcher, FRAGMENT_BYTES};
 use crate::service::Reply;
 
 /// Responses queued per stream before live delivery switches a watcher to
@@ -234,11 +234,13 @@ impl StreamTask {
                 std::collections::hash_map::Entry::Vacant(slot) => {
                     let filters = |f: FilterType| c.filters.contains(&(f as i32));
                     slot.insert(Watcher {
-                        range,
-                        no_put: filters(FilterType::Noput),
-                        no_delete: filters(FilterType::Nodelete),
-                        prev_kv: c.prev_kv,
-                        fragment: c.fragment,
+                        selector: Selector {
+                            range,
+                            no_put: filters(FilterType::Noput),
+                            no_delete: filters(FilterType::Nodelete),
+                            prev_kv: c.prev_kv,
+                            fragment: c.fragment,
+                        },
                         progress_notify: c.progress_notify,
                         next_rev: if c.start_revision > 0 {
                             c.start_revision
@@ -296,35 +298,14 @@ impl StreamTask {
                     .watchers
                     .iter()
                     .find(|(_, w)| !w.synced)
-                    .map(|(&id, w)| {
-                        (
-                            id,
-                            w.range.clone(),
-                            w.next_rev,
-                            w.prev_kv,
-                            w.fragment,
-                            w.no_put,
-                            w.no_delete,
-                        )
-                    })
+                    .map(|(&id, w)| (id, w.selector.clone(), w.next_rev))
             };
-            let Some((id, range, from, prev_kv, fragment, no_put, no_delete)) = job else {
+            let Some((id, sel, from)) = job else {
                 return self.answer_progress().await;
-            };
-            let probe = Watcher {
-                range: range.clone(),
-                no_put,
-                no_delete,
-                prev_kv,
-                fragment,
-                progress_notify: false,
-                next_rev: from,
-                synced: false,
-                active: false,
             };
             let store = self.hub.store().clone();
             let read = {
-                let range = range.clone();
+                let range = sel.range.clone();
                 tokio::task::spawn_blocking(move || store.events(from, &range, CHUNK))
                     .await
                     .map_err(|_| ())?
@@ -334,12 +315,17 @@ impl StreamTask {
                     let store = self.hub.store();
                     let mine: Vec<Event> = events
                         .into_iter()
-                        .filter(|e| probe.wants(e))
-                        .map(|e| if prev_kv { with_prev(store, e) } else { e })
+                        .filter(|e| sel.wants(e))
+                        .map(|mut e| {
+                            if sel.prev_kv {
+                                e.prev_kv = prev_of(store, &e);
+                            }
+                            e
+                        })
                         .collect();
                     let sent = !mine.is_empty();
                     if sent {
-                        for resp in responses(&self.hub, id, last, mine, fragment) {
+                        for resp in responses(&self.hub, id, last, mine, sel.fragment) {
                             self.send(resp).await?;
                         }
                     }
