@@ -25,7 +25,7 @@ use roster_proto::etcdserverpb::{
     watch_create_request::FilterType, watch_request, LeaseGrantRequest, LeaseKeepAliveRequest,
     LeaseRevokeRequest, PutRequest, RangeRequest, WatchCreateRequest, WatchRequest,
 };
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc};
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -132,20 +132,13 @@ impl RegisterBuilder {
         let (events, _) = broadcast::channel(64);
         let _ = events.send(RegistrationEvent::Registered { lease });
         let current = Arc::new(AtomicI64::new(lease));
-        let (stop_tx, stop_rx) = oneshot::channel();
-        let task = tokio::spawn(keeper.clone().run(
-            lease,
-            current.clone(),
-            events.clone(),
-            stop_rx,
-        ));
+        let task = tokio::spawn(keeper.clone().run(lease, current.clone(), events.clone()));
         Ok(Registration {
             key,
             instance: self.instance,
             client: self.registry.client.clone(),
             lease: current,
             events,
-            stop: Some(stop_tx),
             task: Some(task),
         })
     }
@@ -167,7 +160,6 @@ pub struct Registration {
     client: Client,
     lease: Arc<AtomicI64>,
     events: broadcast::Sender<RegistrationEvent>,
-    stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
 
@@ -191,7 +183,6 @@ impl Registration {
 
     /// Stops keeping the record alive and revokes its lease, removing it.
     pub async fn deregister(mut self) -> Result<()> {
-        self.stop.take();
         if let Some(task) = self.task.take() {
             // The task may be inside a call to an unreachable registry; it
             // holds nothing that needs a clean exit.
@@ -231,12 +222,6 @@ struct Keeper {
     ttl: i64,
 }
 
-/// Why keeping a lease ended.
-enum Ended {
-    Stopped,
-    Lost(String),
-}
-
 impl Keeper {
     /// Grants a lease and writes the record with it.
     async fn register(&self) -> Result<i64> {
@@ -269,23 +254,15 @@ impl Keeper {
         mut lease: i64,
         current: Arc<AtomicI64>,
         events: broadcast::Sender<RegistrationEvent>,
-        mut stop: oneshot::Receiver<()>,
     ) {
         let backoff = self.client.options().backoff;
         loop {
-            match self.keep(lease, &events, &mut stop).await {
-                Ended::Stopped => return,
-                Ended::Lost(reason) => {
-                    tracing::warn!(key = %self.key, %reason, "registration lost; registering again");
-                    let _ = events.send(RegistrationEvent::Lost { reason });
-                }
-            }
+            let reason = self.keep(lease, &events).await;
+            tracing::warn!(key = %self.key, %reason, "registration lost; registering again");
+            let _ = events.send(RegistrationEvent::Lost { reason });
             let mut attempt = 0;
             lease = loop {
-                tokio::select! {
-                    _ = &mut stop => return,
-                    _ = tokio::time::sleep(backoff.delay(attempt)) => {}
-                }
+                tokio::time::sleep(backoff.delay(attempt)).await;
                 match self.register().await {
                     Ok(l) => break l,
                     Err(e) => {
@@ -300,13 +277,8 @@ impl Keeper {
     }
 
     /// Keeps `lease` alive and the record in place until the lease is lost
-    /// or the registration stops.
-    async fn keep(
-        &self,
-        lease: i64,
-        events: &broadcast::Sender<RegistrationEvent>,
-        stop: &mut oneshot::Receiver<()>,
-    ) -> Ended {
+    /// (the task is aborted to stop it). Returns why the lease is lost.
+    async fn keep(&self, lease: i64, events: &broadcast::Sender<RegistrationEvent>) -> String {
         let ttl = Duration::from_secs(self.ttl.max(1) as u64);
         let mut deadline = Instant::now() + ttl;
         let backoff = self.client.options().backoff;
@@ -314,17 +286,14 @@ impl Keeper {
         loop {
             // (Re)open both streams; a failure costs a backoff, and the lease
             // counts as lost once its deadline has passed unrenewed.
-            match self.streams(lease, ttl, &mut deadline, events, stop).await {
-                Ok(ended) => return ended,
+            match self.streams(lease, ttl, &mut deadline, events).await {
+                Ok(lost) => return lost,
                 Err(e) => tracing::debug!(key = %self.key, error = %e, "registration stream broke"),
             }
             if Instant::now() >= deadline {
-                return Ended::Lost("no keepalive succeeded before the lease expired".into());
+                return "no keepalive succeeded before the lease expired".into();
             }
-            tokio::select! {
-                _ = &mut *stop => return Ended::Stopped,
-                _ = tokio::time::sleep(backoff.delay(attempt)) => {}
-            }
+            tokio::time::sleep(backoff.delay(attempt)).await;
             attempt += 1;
         }
     }
@@ -335,8 +304,7 @@ impl Keeper {
         ttl: Duration,
         deadline: &mut Instant,
         events: &broadcast::Sender<RegistrationEvent>,
-        stop: &mut oneshot::Receiver<()>,
-    ) -> Result<Ended> {
+    ) -> Result<String> {
         // Make sure the record is there (it may have gone while we were
         // cut off), and watch it from the revision seen.
         let got = self
@@ -356,7 +324,7 @@ impl Keeper {
                     let _ = events.send(RegistrationEvent::Restored);
                 }
                 Err(Error::Status(s)) if s.code() == tonic::Code::NotFound => {
-                    return Ok(Ended::Lost(s.message().to_string()));
+                    return Ok(s.message().to_string());
                 }
                 Err(e) => return Err(e),
             }
@@ -396,14 +364,13 @@ impl Keeper {
         let mut tick = tokio::time::interval_at(Instant::now() + ttl / 3, ttl / 3);
         loop {
             tokio::select! {
-                _ = &mut *stop => return Ok(Ended::Stopped),
                 _ = tick.tick() => {
                     ktx.send(LeaseKeepAliveRequest { id: lease }).await.map_err(|_| Error::Closed)?;
                 }
                 resp = keepalive.message() => {
                     let resp = resp?.ok_or(Error::Closed)?;
                     if resp.ttl <= 0 {
-                        return Ok(Ended::Lost("the registry no longer knows the lease".into()));
+                        return Ok("the registry no longer knows the lease".into());
                     }
                     *deadline = Instant::now() + Duration::from_secs(resp.ttl as u64);
                 }
@@ -416,7 +383,7 @@ impl Keeper {
                         match self.put(lease).await {
                             Ok(_) => { let _ = events.send(RegistrationEvent::Restored); }
                             Err(Error::Status(s)) if s.code() == tonic::Code::NotFound => {
-                                return Ok(Ended::Lost(s.message().to_string()));
+                                return Ok(s.message().to_string());
                             }
                             Err(e) => return Err(e),
                         }
