@@ -125,7 +125,7 @@ impl Client {
         &self.options
     }
 
-    /// Runs a unary call within the configured timeout.
+    /// Runs a unary call, or opens a stream, within the configured timeout.
     pub async fn unary<T>(
         &self,
         call: impl std::future::Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,

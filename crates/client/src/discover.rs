@@ -1,13 +1,17 @@
 //! Discovery: the live set of a service's instances.
 //!
 //! `registry.discover("user.rpc").await` loads the instances with one
-//! prefix read, then a background task watches the prefix from the next
-//! revision and applies every change. When the watch breaks (registry down,
-//! connection lost) the task keeps the cached list untouched and retries
-//! with backoff; once it can read again it reloads and diffs, so every
-//! difference is reported as a change and nothing is lost. A compaction
-//! that overtakes the watch is handled the same way. The cache is never
-//! emptied because the registry is unreachable.
+//! prefix read, then a background task follows the prefix with a resumable
+//! watch ([`crate::watch`]) from the revision after the read, applying every
+//! change. When the connection breaks (registry down, network cut) the
+//! cached list stays untouched while the watch retries with backoff; once
+//! it is back, the watch resumes from the last revision applied, so the
+//! changes made meanwhile arrive as ordinary events and nothing is lost or
+//! repeated. When the watch cannot resume — the history it needs was
+//! compacted, or the server lost it — the task reloads the prefix, diffs the
+//! fresh list against the cache so every difference is still reported as a
+//! change, and watches again from the reload. The cache is never emptied
+//! because the registry is unreachable.
 //!
 //! [`Discovery::instances`] is a cheap snapshot (`Arc<[Instance]>`), taken
 //! without holding any lock a caller could block; [`Discovery::changes`]
@@ -16,15 +20,16 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use roster_proto::etcdserverpb::{watch_request, RangeRequest, WatchCreateRequest, WatchRequest};
+use roster_proto::etcdserverpb::RangeRequest;
 use roster_proto::mvccpb::event::EventType;
-use tokio::sync::{broadcast, mpsc, watch};
-use tokio_stream::wrappers::ReceiverStream;
+use roster_proto::mvccpb::Event;
+use tokio::sync::{broadcast, watch};
 
 use crate::client::Client;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::instance::Instance;
 use crate::registry::Registry;
+use crate::watch::{prefix_end, WatchSpec, WatchUpdate};
 
 /// One change to the instance set.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -102,18 +107,6 @@ struct Follower {
     prefix: String,
 }
 
-/// The end of the key range of everything under `prefix`.
-fn prefix_end(prefix: &[u8]) -> Vec<u8> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return end;
-        }
-    }
-    vec![0]
-}
-
 impl Follower {
     async fn load(&self) -> Result<(Cache, i64)> {
         let key = self.prefix.clone().into_bytes();
@@ -135,6 +128,11 @@ impl Follower {
         Ok((cache, rev))
     }
 
+    /// Follows the prefix for as long as the handle lives: a resumable
+    /// watch from the revision after the load carries every change across
+    /// reconnects; when it cannot resume (compaction, a server that lost
+    /// history) the cache is reloaded and diffed, and watching starts again
+    /// from the reload.
     async fn run(
         self,
         mut cache: Cache,
@@ -142,96 +140,73 @@ impl Follower {
         snapshot: watch::Sender<Arc<[Instance]>>,
         changes: broadcast::Sender<Change>,
     ) {
-        let backoff = self.client.options().backoff;
-        let mut attempt = 0;
-        loop {
-            match self.follow(&mut cache, &mut rev, &snapshot, &changes).await {
-                Ok(()) => {}
-                Err(e) => {
-                    tracing::debug!(prefix = %self.prefix, error = %e, "discovery watch broke")
-                }
-            }
-            // Resynchronise: reload and report the difference. Until that
-            // works, the cache stays as it was.
-            loop {
-                tokio::time::sleep(backoff.delay(attempt)).await;
-                match self.load().await {
-                    Ok((fresh, r)) => {
-                        attempt = 0;
-                        let diff = diff(&cache, &fresh);
-                        cache = fresh;
-                        rev = r;
-                        if !diff.is_empty() {
-                            snapshot.send_replace(snapshot_of(&cache));
-                            for c in diff {
-                                let _ = changes.send(c);
-                            }
-                        }
-                        break;
-                    }
-                    Err(_) => attempt = (attempt + 1).min(16),
-                }
-            }
-        }
-    }
-
-    /// Applies watch events until the watch ends (error, cancel,
-    /// compaction). `rev` is the last revision the cache reflects.
-    async fn follow(
-        &self,
-        cache: &mut Cache,
-        rev: &mut i64,
-        snapshot: &watch::Sender<Arc<[Instance]>>,
-        changes: &broadcast::Sender<Change>,
-    ) -> Result<()> {
-        let key = self.prefix.clone().into_bytes();
-        let create = WatchCreateRequest {
-            range_end: prefix_end(&key),
-            key,
-            start_revision: *rev + 1,
-            ..Default::default()
-        };
-        let (tx, rx) = mpsc::channel(1);
-        tx.send(WatchRequest {
-            request_union: Some(watch_request::RequestUnion::CreateRequest(create)),
-        })
-        .await
-        .map_err(|_| Error::Closed)?;
-        let mut stream = self
-            .client
-            .watch()
-            .watch(ReceiverStream::new(rx))
-            .await?
-            .into_inner();
-        while let Some(resp) = stream.message().await? {
-            if resp.canceled || resp.compact_revision != 0 {
-                // Compacted past us (or refused): reload instead.
-                return Ok(());
-            }
-            let mut out = Vec::new();
-            for e in resp.events {
-                let Some(kv) = e.kv else { continue };
-                *rev = (*rev).max(kv.mod_revision);
-                if e.r#type == EventType::Delete as i32 {
-                    if let Some(old) = cache.remove(&kv.key) {
-                        out.push(Change::Removed(old));
-                    }
-                } else if let Some(new) = Instance::parse(&self.prefix, &kv.key, &kv.value) {
-                    match cache.insert(kv.key, new.clone()) {
-                        Some(old) if old != new => out.push(Change::Updated { old, new }),
-                        Some(_) => {}
-                        None => out.push(Change::Added(new)),
-                    }
-                }
-            }
+        let publish = |cache: &Cache, out: Vec<Change>| {
             if !out.is_empty() {
                 snapshot.send_replace(snapshot_of(cache));
                 for c in out {
                     let _ = changes.send(c);
                 }
             }
+        };
+        loop {
+            let spec = WatchSpec::prefix(self.prefix.clone()).from_revision(rev + 1);
+            let mut watcher = self.client.watch_resumable(spec);
+            while let Some(update) = watcher.next().await {
+                match update {
+                    WatchUpdate::Events { events, .. } => {
+                        let out = self.apply(&mut cache, events);
+                        publish(&cache, out);
+                    }
+                    gap => {
+                        tracing::info!(prefix = %self.prefix, ?gap, "discovery watch cannot resume; reloading");
+                    }
+                }
+            }
+            let (fresh, r) = self.reload().await;
+            let out = diff(&cache, &fresh);
+            cache = fresh;
+            rev = r;
+            publish(&cache, out);
         }
-        Ok(())
+    }
+
+    /// Loads until a load succeeds; until then the cache stays as it was.
+    async fn reload(&self) -> (Cache, i64) {
+        let backoff = self.client.options().backoff;
+        let mut attempt = 0;
+        loop {
+            match self.load().await {
+                Ok(loaded) => return loaded,
+                Err(e) => {
+                    tracing::debug!(prefix = %self.prefix, error = %e, "discovery reload failed");
+                    tokio::time::sleep(backoff.delay(attempt)).await;
+                    attempt = (attempt + 1).min(16);
+                }
+            }
+        }
+    }
+
+    /// Applies watch events to the cache; returns the changes they made.
+    fn apply(&self, cache: &mut Cache, events: Vec<Event>) -> Vec<Change> {
+        let mut out = Vec::new();
+        for e in events {
+            let Some(kv) = e.kv else { continue };
+            if e.r#type == EventType::Delete as i32 {
+                if let Some(old) = cache.remove(&kv.key) {
+                    out.push(Change::Removed(old));
+                }
+            } else if let Some(new) = Instance::parse(&self.prefix, &kv.key, &kv.value) {
+                match cache.insert(kv.key, new.clone()) {
+                    Some(old) if old != new => out.push(Change::Updated { old, new }),
+                    Some(_) => {}
+                    None => out.push(Change::Added(new)),
+                }
+            } else if let Some(old) = cache.remove(&kv.key) {
+                // Overwritten with something that is not an instance record.
+                out.push(Change::Removed(old));
+            }
+        }
+        out
     }
 }
 
@@ -288,12 +263,5 @@ mod tests {
             ]
         );
         assert!(diff(&new, &new).is_empty());
-    }
-
-    #[test]
-    fn prefix_end_covers_the_prefix() {
-        assert_eq!(prefix_end(b"a/"), b"a0".to_vec());
-        assert_eq!(prefix_end(b"a\xff"), b"b".to_vec());
-        assert_eq!(prefix_end(b"\xff"), vec![0]);
     }
 }

@@ -15,6 +15,9 @@ pub enum Error {
     /// A background task or stream ended.
     #[error("closed")]
     Closed,
+    /// The server cancelled a watch (its reason).
+    #[error("watch canceled: {0}")]
+    Canceled(String),
 }
 
 /// The client's result type.

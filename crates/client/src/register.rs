@@ -3,13 +3,14 @@
 //! `registry.register("user.rpc", "10.0.0.7:8080").ttl(10).await` grants a
 //! lease, writes the instance record with it and returns a
 //! [`Registration`]. A background task then:
-//! - renews the lease every TTL/3 on a keepalive stream, reopening the
-//!   stream (with backoff) if the connection drops;
-//! - declares the lease lost when the server says it is gone (TTL 0 or
-//!   "lease not found", e.g. after the registry lost it) or when no renewal
-//!   succeeded before the lease would have expired, and registers again
-//!   under the same instance id, retrying with backoff until it succeeds;
-//! - watches its own key and writes it back if someone deletes it.
+//! - keeps the lease alive with a [`KeptLease`], which renews it every
+//!   TTL/3 and rides out broken connections;
+//! - when the lease is lost anyway (the registry forgot it, e.g. after a
+//!   restart that outlived it, or no renewal got through in time) registers
+//!   again under the same instance id, retrying with backoff until it
+//!   succeeds;
+//! - watches its own key with a resumable watch and writes it back if
+//!   someone deletes it.
 //!
 //! `deregister().await` stops the task and revokes the lease, removing the
 //! record at once; dropping the handle does the same on a best-effort basis.
@@ -17,22 +18,18 @@
 
 use std::future::{Future, IntoFuture};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
-use roster_proto::etcdserverpb::{
-    watch_create_request::FilterType, watch_request, LeaseGrantRequest, LeaseKeepAliveRequest,
-    LeaseRevokeRequest, PutRequest, RangeRequest, WatchCreateRequest, WatchRequest,
-};
-use tokio::sync::{broadcast, mpsc};
-use tokio::time::Instant;
-use tokio_stream::wrappers::ReceiverStream;
+use parking_lot::Mutex;
+use roster_proto::etcdserverpb::{LeaseRevokeRequest, PutRequest, RangeRequest};
+use tokio::sync::broadcast;
 
 use crate::client::Client;
 use crate::error::{Error, Result};
 use crate::instance::Instance;
+use crate::lease::KeptLease;
 use crate::registry::Registry;
+use crate::watch::{WatchSpec, WatchUpdate, Watcher};
 
 /// Default lease TTL of a registration, in seconds.
 pub const DEFAULT_TTL: i64 = 10;
@@ -122,24 +119,25 @@ impl RegisterBuilder {
             self.registry.service_prefix(&self.service),
             self.instance.id
         );
+        let (events, _) = broadcast::channel(64);
         let keeper = Keeper {
             client: self.registry.client.clone(),
             key: key.clone(),
             value: self.instance.to_json(),
             ttl: self.ttl,
+            events: events.clone(),
         };
-        let lease = keeper.register().await?;
-        let (events, _) = broadcast::channel(64);
-        let _ = events.send(RegistrationEvent::Registered { lease });
-        let current = Arc::new(AtomicI64::new(lease));
-        let task = tokio::spawn(keeper.clone().run(lease, current.clone(), events.clone()));
+        let (lease, rev) = keeper.register().await?;
+        let _ = events.send(RegistrationEvent::Registered { lease: lease.id() });
+        let slot = Arc::new(Mutex::new(lease));
+        let task = tokio::spawn(keeper.run(slot.clone(), rev));
         Ok(Registration {
             key,
             instance: self.instance,
             client: self.registry.client.clone(),
-            lease: current,
+            lease: slot,
             events,
-            task: Some(task),
+            task,
         })
     }
 }
@@ -158,9 +156,11 @@ pub struct Registration {
     key: String,
     instance: Instance,
     client: Client,
-    lease: Arc<AtomicI64>,
+    /// The lease currently holding the record; the task swaps it when it
+    /// registers again.
+    lease: Arc<Mutex<KeptLease>>,
     events: broadcast::Sender<RegistrationEvent>,
-    task: Option<tokio::task::JoinHandle<()>>,
+    task: tokio::task::JoinHandle<()>,
 }
 
 impl Registration {
@@ -174,7 +174,7 @@ impl Registration {
     }
     /// The lease currently holding the record.
     pub fn lease_id(&self) -> i64 {
-        self.lease.load(Ordering::Acquire)
+        self.lease.lock().id()
     }
     /// Events from now on.
     pub fn events(&self) -> broadcast::Receiver<RegistrationEvent> {
@@ -182,62 +182,45 @@ impl Registration {
     }
 
     /// Stops keeping the record alive and revokes its lease, removing it.
-    pub async fn deregister(mut self) -> Result<()> {
-        if let Some(task) = self.task.take() {
-            // The task may be inside a call to an unreachable registry; it
-            // holds nothing that needs a clean exit.
-            task.abort();
-            let _ = task.await;
-        }
-        let id = self.lease_id();
-        self.client
-            .lease()
-            .lease_revoke(LeaseRevokeRequest { id })
-            .await?;
+    pub async fn deregister(self) -> Result<()> {
+        // The task may be inside a call to an unreachable registry; it
+        // holds nothing that needs a clean exit.
+        self.task.abort();
+        let (client, id) = (self.client.clone(), self.lease_id());
+        // Dropping `self` lets the kept lease go, which also revokes it;
+        // revoking here first is what reports the outcome.
+        let revoke = LeaseRevokeRequest { id };
+        client.unary(client.lease().lease_revoke(revoke)).await?;
         Ok(())
     }
 }
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        let Some(task) = self.task.take() else { return };
-        task.abort();
-        let id = self.lease_id();
-        let client = self.client.clone();
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(async move {
-                let revoke = LeaseRevokeRequest { id };
-                let _ = client.unary(client.lease().lease_revoke(revoke)).await;
-            });
-        }
+        // The kept lease is dropped with the last reference to it, which
+        // revokes it best-effort.
+        self.task.abort();
     }
 }
 
 /// The part of a registration the background task needs.
-#[derive(Clone)]
 struct Keeper {
     client: Client,
     key: String,
     value: String,
     ttl: i64,
+    events: broadcast::Sender<RegistrationEvent>,
 }
 
 impl Keeper {
-    /// Grants a lease and writes the record with it.
-    async fn register(&self) -> Result<i64> {
-        let grant = self
-            .client
-            .lease()
-            .lease_grant(LeaseGrantRequest {
-                ttl: self.ttl,
-                id: 0,
-            })
-            .await?;
-        let lease = grant.into_inner().id;
-        self.put(lease).await?;
-        Ok(lease)
+    /// Grants a kept lease and writes the record with it.
+    async fn register(&self) -> Result<(KeptLease, i64)> {
+        let lease = self.client.grant_kept(self.ttl).await?;
+        let rev = self.put(lease.id()).await?;
+        Ok((lease, rev))
     }
 
+    /// Writes the record under `lease`; returns the write's revision.
     async fn put(&self, lease: i64) -> Result<i64> {
         let put = PutRequest {
             key: self.key.clone().into_bytes(),
@@ -249,147 +232,106 @@ impl Keeper {
         Ok(r.header.map_or(0, |h| h.revision))
     }
 
-    async fn run(
-        self,
-        mut lease: i64,
-        current: Arc<AtomicI64>,
-        events: broadcast::Sender<RegistrationEvent>,
-    ) {
+    /// Keeps the registration in place until the task is aborted.
+    async fn run(self, slot: Arc<Mutex<KeptLease>>, mut rev: i64) {
         let backoff = self.client.options().backoff;
         loop {
-            let reason = self.keep(lease, &events).await;
+            let reason = self.keep(&slot, rev).await;
             tracing::warn!(key = %self.key, %reason, "registration lost; registering again");
-            let _ = events.send(RegistrationEvent::Lost { reason });
+            let _ = self.events.send(RegistrationEvent::Lost { reason });
             let mut attempt = 0;
-            lease = loop {
+            let lease = loop {
                 tokio::time::sleep(backoff.delay(attempt)).await;
                 match self.register().await {
-                    Ok(l) => break l,
+                    Ok(done) => break done,
                     Err(e) => {
                         tracing::debug!(key = %self.key, error = %e, "registering again failed");
-                        attempt += 1;
+                        attempt = (attempt + 1).min(16);
                     }
                 }
             };
-            current.store(lease, Ordering::Release);
-            let _ = events.send(RegistrationEvent::Reregistered { lease });
+            let id = lease.0.id();
+            rev = lease.1;
+            // The old lease, lost already, is revoked as it is dropped.
+            *slot.lock() = lease.0;
+            let _ = self
+                .events
+                .send(RegistrationEvent::Reregistered { lease: id });
         }
     }
 
-    /// Keeps `lease` alive and the record in place until the lease is lost
-    /// (the task is aborted to stop it). Returns why the lease is lost.
-    async fn keep(&self, lease: i64, events: &broadcast::Sender<RegistrationEvent>) -> String {
-        let ttl = Duration::from_secs(self.ttl.max(1) as u64);
-        let mut deadline = Instant::now() + ttl;
+    /// Keeps the record in place, writing it back whenever it is deleted,
+    /// until the lease holding it is lost; returns why it was lost. `rev`
+    /// is the revision of the record's last write.
+    async fn keep(&self, slot: &Mutex<KeptLease>, rev: i64) -> String {
+        let (lost, lease) = {
+            let l = slot.lock();
+            (l.lost(), l.id())
+        };
+        tokio::pin!(lost);
         let backoff = self.client.options().backoff;
         let mut attempt = 0;
+        // The latest revision at which the record is known to be in place.
+        let mut checked = rev;
+        let mut watcher = self.deletions(checked);
         loop {
-            // (Re)open both streams; a failure costs a backoff, and the lease
-            // counts as lost once its deadline has passed unrenewed.
-            match self.streams(lease, ttl, &mut deadline, events).await {
-                Ok(lost) => return lost,
-                Err(e) => tracing::debug!(key = %self.key, error = %e, "registration stream broke"),
+            tokio::select! {
+                reason = &mut lost => return reason,
+                update = watcher.next() => {
+                    // A deletion, or the end of a watch that cannot resume
+                    // (compaction): look, and write the record back if it
+                    // is missing.
+                    let ended = update.as_ref().is_none_or(WatchUpdate::is_final);
+                    match self.restore(lease).await {
+                        Err(reason) => return reason,
+                        Ok(Some(r)) => {
+                            checked = r;
+                            attempt = 0;
+                        }
+                        Ok(None) if ended => {
+                            tokio::time::sleep(backoff.delay(attempt)).await;
+                            attempt = (attempt + 1).min(16);
+                        }
+                        Ok(None) => {}
+                    }
+                    if ended {
+                        watcher = self.deletions(checked);
+                    }
+                }
             }
-            if Instant::now() >= deadline {
-                return "no keepalive succeeded before the lease expired".into();
-            }
-            tokio::time::sleep(backoff.delay(attempt)).await;
-            attempt += 1;
         }
     }
 
-    async fn streams(
-        &self,
-        lease: i64,
-        ttl: Duration,
-        deadline: &mut Instant,
-        events: &broadcast::Sender<RegistrationEvent>,
-    ) -> Result<String> {
-        // Make sure the record is there (it may have gone while we were
-        // cut off), and watch it from the revision seen.
-        let got = self
-            .client
-            .kv()
-            .range(RangeRequest {
-                key: self.key.clone().into_bytes(),
-                ..Default::default()
-            })
-            .await?
-            .into_inner();
-        let mut rev = got.header.map_or(0, |h| h.revision);
-        if got.kvs.is_empty() {
-            match self.put(lease).await {
-                Ok(r) => {
-                    rev = r;
-                    let _ = events.send(RegistrationEvent::Restored);
-                }
-                Err(Error::Status(s)) if s.code() == tonic::Code::NotFound => {
-                    return Ok(s.message().to_string());
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        let (wtx, wrx) = mpsc::channel(4);
-        let create = WatchCreateRequest {
+    /// Watches the record for deletion from the revision after `rev`.
+    fn deletions(&self, rev: i64) -> Watcher {
+        let spec = WatchSpec::key(self.key.clone())
+            .from_revision(rev + 1)
+            .no_put();
+        self.client.watch_resumable(spec)
+    }
+
+    /// Writes the record back if it is missing. Ok(Some(rev)) when the
+    /// record is in place as of `rev`, Ok(None) when the registry could not
+    /// be asked, Err(reason) when the lease turns out to be gone.
+    async fn restore(&self, lease: i64) -> std::result::Result<Option<i64>, String> {
+        let get = RangeRequest {
             key: self.key.clone().into_bytes(),
-            start_revision: rev + 1,
-            filters: vec![FilterType::Noput as i32],
             ..Default::default()
         };
-        wtx.send(WatchRequest {
-            request_union: Some(watch_request::RequestUnion::CreateRequest(create)),
-        })
-        .await
-        .map_err(|_| Error::Closed)?;
-        let mut watch = self
-            .client
-            .watch()
-            .watch(ReceiverStream::new(wrx))
-            .await?
-            .into_inner();
-
-        let (ktx, krx) = mpsc::channel(4);
-        // Queue the first renewal before opening the stream: etcd sends the
-        // stream's response headers only once a request has arrived, so
-        // waiting for them with nothing sent would wait forever.
-        ktx.send(LeaseKeepAliveRequest { id: lease })
-            .await
-            .map_err(|_| Error::Closed)?;
-        let mut keepalive = self
-            .client
-            .lease()
-            .lease_keep_alive(ReceiverStream::new(krx))
-            .await?
-            .into_inner();
-        let mut tick = tokio::time::interval_at(Instant::now() + ttl / 3, ttl / 3);
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {
-                    ktx.send(LeaseKeepAliveRequest { id: lease }).await.map_err(|_| Error::Closed)?;
-                }
-                resp = keepalive.message() => {
-                    let resp = resp?.ok_or(Error::Closed)?;
-                    if resp.ttl <= 0 {
-                        return Ok("the registry no longer knows the lease".into());
-                    }
-                    *deadline = Instant::now() + Duration::from_secs(resp.ttl as u64);
-                }
-                resp = watch.message() => {
-                    let resp = resp?.ok_or(Error::Closed)?;
-                    if resp.canceled {
-                        return Err(Error::Closed);
-                    }
-                    if !resp.events.is_empty() {
-                        match self.put(lease).await {
-                            Ok(_) => { let _ = events.send(RegistrationEvent::Restored); }
-                            Err(Error::Status(s)) if s.code() == tonic::Code::NotFound => {
-                                return Ok(s.message().to_string());
-                            }
-                            Err(e) => return Err(e),
-                        }
-                    }
-                }
+        match self.client.unary(self.client.kv().range(get)).await {
+            Ok(r) if !r.kvs.is_empty() => return Ok(r.header.map(|h| h.revision)),
+            Ok(_) => {}
+            Err(_) => return Ok(None),
+        }
+        match self.put(lease).await {
+            Ok(r) => {
+                let _ = self.events.send(RegistrationEvent::Restored);
+                Ok(Some(r))
             }
+            Err(Error::Status(s)) if s.code() == tonic::Code::NotFound => {
+                Err(s.message().to_string())
+            }
+            Err(_) => Ok(None),
         }
     }
 }
