@@ -7,12 +7,16 @@ pub mod client;
 pub mod discover;
 pub mod error;
 pub mod instance;
+pub mod lease;
 pub mod register;
 pub mod registry;
+pub mod watch;
 
 pub use client::{Backoff, Client, Options};
 pub use discover::{Change, Discovery};
 pub use error::{Error, Result};
 pub use instance::Instance;
+pub use lease::KeptLease;
 pub use register::{Registration, RegistrationEvent};
 pub use registry::Registry;
+pub use watch::{WatchSpec, WatchUpdate, Watcher};
