@@ -10,8 +10,10 @@ pub mod instance;
 pub mod lease;
 pub mod register;
 pub mod registry;
+pub mod tower;
 pub mod watch;
 
+pub use self::tower::{balanced_channel, balanced_channel_with, InstanceDiscover};
 pub use client::{Backoff, Client, Options};
 pub use discover::{Change, Discovery};
 pub use error::{Error, Result};
