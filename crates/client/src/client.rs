@@ -1,8 +1,9 @@
-//! The connection: one gRPC channel over a list of endpoints.
+//! The connection: a list of endpoints, one pinned at a time.
 //!
-//! The channel balances over every endpoint given and connects lazily, so a
-//! client can be built while the registry is down and starts working when
-//! it comes up; a failed endpoint is skipped while others answer. Every
+//! Each endpoint gets one lazily connected channel, shared by every clone
+//! of the client, so a client can be built while the registry is down and
+//! starts working when it comes up. Calls go to one endpoint until it fails,
+//! then to the next ([`crate::failover`]). Every
 //! unary call the SDK makes is bounded by a timeout ([`Client::unary`]);
 //! streams are not, since they are meant to live. Retrying is left to the callers that know
 //! what is safe to retry (registration, discovery), using [`Backoff`].
@@ -12,9 +13,12 @@ use std::time::Duration;
 use roster_proto::etcdserverpb::kv_client::KvClient;
 use roster_proto::etcdserverpb::lease_client::LeaseClient;
 use roster_proto::etcdserverpb::watch_client::WatchClient;
-use tonic::transport::{Channel, Endpoint};
+use roster_proto::v3electionpb::election_client::ElectionClient;
+use roster_proto::v3lockpb::lock_client::LockClient;
+use tonic::transport::Endpoint;
 
 use crate::error::{Error, Result};
+use crate::failover::Failover;
 
 /// Connection settings.
 #[derive(Debug, Clone)]
@@ -73,7 +77,7 @@ impl Backoff {
 /// the channel.
 #[derive(Clone)]
 pub struct Client {
-    channel: Channel,
+    channel: Failover,
     options: Options,
 }
 
@@ -107,17 +111,15 @@ impl Client {
                 .http2_keep_alive_interval(Duration::from_secs(10))
                 .keep_alive_timeout(Duration::from_secs(5))
                 .keep_alive_while_idle(true);
-            list.push(ep);
+            list.push(ep.connect_lazy());
         }
         if list.is_empty() {
             return Err(Error::Endpoint(String::new()));
         }
-        let channel = if list.len() == 1 {
-            list.remove(0).connect_lazy()
-        } else {
-            Channel::balance_list(list.into_iter())
-        };
-        Ok(Client { channel, options })
+        Ok(Client {
+            channel: Failover::new(list),
+            options,
+        })
     }
 
     /// The settings in use.
@@ -138,18 +140,28 @@ impl Client {
 
     /// The raw KV API. Calls made on it directly are not bounded by the
     /// client's timeout; wrap them in [`Client::unary`].
-    pub fn kv(&self) -> KvClient<Channel> {
+    pub fn kv(&self) -> KvClient<Failover> {
         KvClient::new(self.channel.clone())
     }
 
     /// The raw Lease API.
-    pub fn lease(&self) -> LeaseClient<Channel> {
+    pub fn lease(&self) -> LeaseClient<Failover> {
         LeaseClient::new(self.channel.clone())
     }
 
     /// The raw Watch API.
-    pub fn watch(&self) -> WatchClient<Channel> {
+    pub fn watch(&self) -> WatchClient<Failover> {
         WatchClient::new(self.channel.clone())
+    }
+
+    /// The raw v3lock API (see [`Client::lock`] for the helper).
+    pub fn lock_service(&self) -> LockClient<Failover> {
+        LockClient::new(self.channel.clone())
+    }
+
+    /// The raw v3election API (see [`Client::campaign`] for the helper).
+    pub fn election_service(&self) -> ElectionClient<Failover> {
+        ElectionClient::new(self.channel.clone())
     }
 }
 

@@ -15,6 +15,12 @@ pub enum Error {
     /// A background task or stream ended.
     #[error("closed")]
     Closed,
+    /// A configuration key or value that cannot be used.
+    #[error("config: {0}")]
+    Config(String),
+    /// The lease a lock, leadership or registration was held with is gone.
+    #[error("lease lost: {0}")]
+    LeaseLost(String),
     /// The server cancelled a watch (its reason).
     #[error("watch canceled: {0}")]
     Canceled(String),

@@ -6,6 +6,8 @@
 //! so it never blocks on a full pipe, and kill the process when dropped.
 #![allow(dead_code)]
 
+pub mod proxy;
+
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

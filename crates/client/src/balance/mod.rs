@@ -5,8 +5,12 @@
 //! hands out `Arc<[Instance]>` snapshots and swaps them as the registry
 //! changes), so a balancer never holds the list itself: instances may appear
 //! and disappear between two picks, and whatever a balancer remembers about
-//! an instance it keys by [`Instance::id`], forgets once the id is gone, and
-//! never by position in the list. That keeps discovery and balancing apart:
+//! an instance it keys by [`Instance::id`], never by position in the list,
+//! and drops once the id is gone from the lists it is handed. (The sweep
+//! runs when a new id shows up, so an instance that leaves and comes back
+//! under the same id in between keeps what was known about it; for p2c its
+//! forced probes correct that within seconds.) That keeps discovery and
+//! balancing apart:
 //! discovery knows nothing about balancing, and a balancer can be swapped or
 //! shared across services without any wiring.
 //!
