@@ -1,5 +1,6 @@
 //! `roster`: the registry server and its tools in one binary.
 
+mod echo;
 mod serve;
 
 use clap::{Parser, Subcommand};
@@ -16,6 +17,8 @@ struct Cli {
 enum Command {
     /// Run a registry node.
     Serve(serve::ServeArgs),
+    /// Run a small HTTP backend that registers itself (for tests and demos).
+    Echo(echo::EchoArgs),
 }
 
 fn main() {
@@ -29,6 +32,7 @@ fn main() {
         .init();
     let result = match cli.command {
         Command::Serve(args) => serve::run(args),
+        Command::Echo(args) => echo::run(args),
     };
     if let Err(e) = result {
         eprintln!("roster: error: {e}");

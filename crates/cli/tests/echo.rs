@@ -1,0 +1,522 @@
+//! `roster echo`, the gateway's test backend, as a real process against a
+//! real `roster serve`: it answers over HTTP/1.1 keep-alive, registers
+//! itself, streams in both directions without buffering, passes upgrades,
+//! flips its health on request, leaves the registry before it stops on
+//! SIGTERM, and stays registered until its lease expires after SIGKILL.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc as std_mpsc;
+use std::time::{Duration, Instant};
+
+use common::Roster;
+use http_body_util::{BodyExt, Empty, StreamBody};
+use hyper::body::{Bytes, Frame, Incoming};
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use roster_client::{Client, Discovery, Instance, Registry};
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+
+/// The longest wait for something the test expects to happen.
+const WAIT: Duration = Duration::from_secs(15);
+
+/// A running `roster echo`, killed when dropped.
+struct Echo {
+    child: Child,
+    /// Where it listens.
+    addr: SocketAddr,
+}
+
+impl Echo {
+    /// Starts `roster echo` with `args` and waits for its ready line.
+    async fn start(args: &[&str]) -> Echo {
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        tokio::task::spawn_blocking(move || Echo::start_blocking(&args))
+            .await
+            .expect("start echo")
+    }
+
+    fn start_blocking(args: &[String]) -> Echo {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_roster"))
+            .arg("echo")
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn roster echo");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let (tx, rx) = std_mpsc::channel();
+        // Keeps draining stderr after the ready line so the child never
+        // blocks on a full pipe.
+        std::thread::spawn(move || {
+            let mut tx = Some(tx);
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if std::env::var_os("ROSTER_TEST_VERBOSE").is_some() {
+                    eprintln!("[echo] {line}");
+                }
+                if line.starts_with("roster: echo ") {
+                    if let Some(t) = tx.take() {
+                        let _ = t.send(line);
+                    }
+                }
+            }
+        });
+        let line = match rx.recv_timeout(WAIT) {
+            Ok(line) => line,
+            Err(e) => {
+                let _ = child.kill();
+                panic!("roster echo not ready: {e}");
+            }
+        };
+        let addr = line
+            .rsplit("http://")
+            .next()
+            .and_then(|a| a.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no address in {line:?}"));
+        Echo { child, addr }
+    }
+
+    /// Sends SIGTERM.
+    fn terminate(&self) {
+        let status = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success());
+    }
+
+    /// Waits, within [`WAIT`], for the process to exit.
+    async fn exited(&mut self) -> ExitStatus {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "roster echo still running");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Echo {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An HTTP/1.1 connection to `addr`.
+async fn connect<B>(addr: SocketAddr) -> SendRequest<B>
+where
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let stream = timeout(WAIT, TcpStream::connect(addr))
+        .await
+        .expect("connect in time")
+        .expect("connect");
+    let (sender, conn) = http1::handshake(TokioIo::new(stream))
+        .await
+        .expect("handshake");
+    tokio::spawn(conn);
+    sender
+}
+
+/// Sends a bodiless request on `conn`; returns the status and the body.
+async fn get(
+    conn: &mut SendRequest<Empty<Bytes>>,
+    method: &str,
+    path: &str,
+) -> (StatusCode, Bytes) {
+    let req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "echo.test")
+        .header("x-forwarded-for", "192.0.2.1")
+        .body(Empty::new())
+        .expect("request");
+    // The connection takes the next request once the last answer is read.
+    let response = timeout(WAIT, async {
+        conn.ready().await?;
+        conn.send_request(req).await
+    })
+    .await
+    .expect("answer in time")
+    .expect("answer");
+    let status = response.status();
+    let body = timeout(WAIT, response.into_body().collect())
+        .await
+        .expect("body in time")
+        .expect("body")
+        .to_bytes();
+    (status, body)
+}
+
+fn json(body: &[u8]) -> Value {
+    serde_json::from_slice(body).unwrap_or_else(|e| panic!("{e}: {body:?}"))
+}
+
+fn registry(roster: &Roster) -> Registry {
+    Registry::new(Client::connect([roster.endpoint.as_str()]).expect("client"))
+}
+
+/// Waits until the discovered set satisfies `ok`.
+async fn until(d: &Discovery, what: &str, ok: impl Fn(&[Instance]) -> bool) {
+    let mut updates = d.updates();
+    let wait = async {
+        loop {
+            if ok(&updates.borrow_and_update()) {
+                return;
+            }
+            updates.changed().await.expect("discovery alive");
+        }
+    };
+    timeout(WAIT, wait)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: still {:?}", d.instances()));
+}
+
+fn has(instances: &[Instance], id: &str) -> bool {
+    instances.iter().any(|i| i.id == id)
+}
+
+/// FNV-1a 64, as `roster echo` sums request bodies.
+fn fnv1a64(mut h: u64, data: &[u8]) -> u64 {
+    for &b in data {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_on_keep_alive_and_registers() {
+    let roster = Roster::start();
+    let echo = Echo::start(&[
+        "--service",
+        "web",
+        "--id",
+        "e1",
+        "--weight",
+        "3",
+        "--endpoints",
+        &roster.endpoint,
+    ])
+    .await;
+
+    let found = registry(&roster).discover("web").await.expect("discover");
+    let instances = found.instances();
+    assert_eq!(instances.len(), 1, "{instances:?}");
+    assert_eq!(instances[0].id, "e1");
+    assert_eq!(instances[0].addr, echo.addr.to_string());
+    assert_eq!(instances[0].weight, 3);
+
+    // All of these travel on one connection: keep-alive holds.
+    let mut conn = connect(echo.addr).await;
+    let (status, body) = get(&mut conn, "GET", "/api/users?page=2").await;
+    assert_eq!(status, StatusCode::OK);
+    let answer = json(&body);
+    assert_eq!(answer["instance"], "e1");
+    assert_eq!(answer["method"], "GET");
+    assert_eq!(answer["path"], "/api/users?page=2");
+    assert_eq!(answer["host"], "echo.test");
+    assert_eq!(answer["headers"]["x-forwarded-for"], "192.0.2.1");
+    assert_eq!(answer["bytes"], 0);
+
+    let (status, body) = get(&mut conn, "DELETE", "/status/503").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(json(&body)["method"], "DELETE");
+    let (status, body) = get(&mut conn, "GET", "/status/204").await;
+    assert_eq!((status, body.len()), (StatusCode::NO_CONTENT, 0));
+    let (status, _) = get(&mut conn, "GET", "/status/abc").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+
+    let started = Instant::now();
+    let (status, body) = get(&mut conn, "GET", "/sleep/300").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    assert_eq!(json(&body)["path"], "/sleep/300");
+
+    assert_eq!(get(&mut conn, "GET", "/healthz").await.0, StatusCode::OK);
+    assert_eq!(
+        get(&mut conn, "POST", "/admin/unhealthy").await.0,
+        StatusCode::OK
+    );
+    let (status, body) = get(&mut conn, "GET", "/healthz").await;
+    assert_eq!(
+        (status, &body[..]),
+        (StatusCode::SERVICE_UNAVAILABLE, &b"unhealthy\n"[..])
+    );
+    get(&mut conn, "POST", "/admin/healthy").await;
+    let (status, body) = get(&mut conn, "GET", "/healthz").await;
+    assert_eq!((status, &body[..]), (StatusCode::OK, &b"ok\n"[..]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_chunks_as_they_are_produced() {
+    let echo = Echo::start(&["--no-register"]).await;
+    let mut conn = connect(echo.addr).await;
+    let req = Request::get("/stream?chunks=5&delay_ms=200&size=1000")
+        .body(Empty::<Bytes>::new())
+        .expect("request");
+    let response: Response<Incoming> = timeout(WAIT, conn.send_request(req))
+        .await
+        .expect("headers in time")
+        .expect("headers");
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut body = response.into_body();
+    // When each chunk's letter was first seen, and how many bytes came.
+    let mut seen: Vec<(u8, Instant)> = Vec::new();
+    let mut total = 0;
+    while let Some(frame) = timeout(WAIT, body.frame()).await.expect("a frame in time") {
+        let frame = frame.expect("frame");
+        let Some(data) = frame.data_ref() else {
+            continue;
+        };
+        total += data.len();
+        for &b in data.iter() {
+            if seen.last().is_none_or(|&(l, _)| l != b) {
+                seen.push((b, Instant::now()));
+            }
+        }
+    }
+    assert_eq!(total, 5000);
+    let letters: Vec<u8> = seen.iter().map(|&(l, _)| l).collect();
+    assert_eq!(letters, b"abcde");
+    // Produced 200 ms apart: had the answer been buffered, all five would
+    // have arrived together once the last was produced.
+    let spread = seen[4].1 - seen[0].1;
+    assert!(
+        spread >= Duration::from_millis(600),
+        "chunks {spread:?} apart"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counts_a_large_upload_as_a_stream() {
+    const MIB: usize = 1 << 20;
+    const CHUNKS: usize = 64;
+    let echo = Echo::start(&["--no-register"]).await;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(2);
+    // Generated as it is sent: the test never holds the 64 MiB either.
+    let producer = tokio::spawn(async move {
+        let mut sum = FNV_OFFSET;
+        for i in 0..CHUNKS {
+            let chunk: Vec<u8> = (0..MIB).map(|j| (i * 7 + j * 13) as u8).collect();
+            sum = fnv1a64(sum, &chunk);
+            if tx.send(Ok(Frame::data(chunk.into()))).await.is_err() {
+                break;
+            }
+        }
+        sum
+    });
+    let body = StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+    let mut conn = connect(echo.addr).await;
+    let req = Request::post("/upload").body(body).expect("request");
+    let upload = async {
+        let response = conn.send_request(req).await.expect("answer");
+        assert_eq!(response.status(), StatusCode::OK);
+        response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes()
+    };
+    let body = timeout(Duration::from_secs(120), upload)
+        .await
+        .expect("upload answered in time");
+    let sum = producer.await.expect("producer");
+    let answer = json(&body);
+    assert_eq!(answer["method"], "POST");
+    assert_eq!(answer["bytes"], (CHUNKS * MIB) as u64);
+    assert_eq!(answer["fnv1a64"], format!("{sum:016x}"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrade_echoes_raw_bytes() {
+    let echo = Echo::start(&["--no-register"]).await;
+    let mut stream = TcpStream::connect(echo.addr).await.expect("connect");
+    stream
+        .write_all(b"GET /ws HTTP/1.1\r\nHost: echo.test\r\nConnection: keep-alive, Upgrade\r\nUpgrade: test-echo\r\n\r\n")
+        .await
+        .expect("write request");
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        let n = timeout(WAIT, stream.read(&mut byte))
+            .await
+            .expect("head in time")
+            .expect("read head");
+        assert_eq!(n, 1, "closed after {:?}", String::from_utf8_lossy(&head));
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("upgrade: test-echo"), "{head}");
+
+    for message in [
+        &b"hello"[..],
+        &[0u8, 255, 13, 10, 0][..],
+        &[b'x'; 100_000][..],
+    ] {
+        stream.write_all(message).await.expect("write");
+        let mut back = vec![0u8; message.len()];
+        timeout(WAIT, stream.read_exact(&mut back))
+            .await
+            .expect("echo in time")
+            .expect("read echo");
+        assert_eq!(back, message);
+    }
+    stream.shutdown().await.expect("shutdown");
+    let mut rest = Vec::new();
+    timeout(WAIT, stream.read_to_end(&mut rest))
+        .await
+        .expect("closed in time")
+        .expect("read to end");
+    assert!(rest.is_empty());
+
+    // Without the upgrade headers, /ws says what it wants.
+    let mut conn = connect(echo.addr).await;
+    assert_eq!(
+        get(&mut conn, "GET", "/ws").await.0,
+        StatusCode::UPGRADE_REQUIRED
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_deregisters_first_then_finishes_requests_in_flight() {
+    let roster = Roster::start();
+    let mut echo = Echo::start(&[
+        "--service",
+        "web",
+        "--id",
+        "e1",
+        "--endpoints",
+        &roster.endpoint,
+    ])
+    .await;
+    let found = registry(&roster).discover("web").await.expect("discover");
+    until(&found, "e1 registered", |i| has(i, "e1")).await;
+
+    let mut conn = connect(echo.addr).await;
+    let in_flight = tokio::spawn(async move { get(&mut conn, "GET", "/sleep/1500").await });
+    // Let the request reach the server before the signal.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    echo.terminate();
+    until(&found, "e1 deregistered", |i| !has(i, "e1")).await;
+    assert!(
+        echo.child.try_wait().expect("try_wait").is_none(),
+        "exited before the request in flight was answered"
+    );
+    let (status, body) = timeout(WAIT, in_flight)
+        .await
+        .expect("answer in time")
+        .expect("request task");
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(json(&body)["instance"], "e1");
+    let status = echo.exited().await;
+    assert!(status.success(), "{status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_leaves_the_record_until_the_lease_expires() {
+    let roster = Roster::start();
+    let mut echo = Echo::start(&[
+        "--service",
+        "web",
+        "--id",
+        "e1",
+        "--ttl",
+        "3",
+        "--endpoints",
+        &roster.endpoint,
+    ])
+    .await;
+    let found = registry(&roster).discover("web").await.expect("discover");
+    until(&found, "e1 registered", |i| has(i, "e1")).await;
+
+    echo.child.kill().expect("kill -9");
+    echo.child.wait().expect("reap");
+    let killed = Instant::now();
+    // The lease is renewed every TTL/3, so at least 2 s of it remain.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        has(&found.instances(), "e1"),
+        "removed right after the kill"
+    );
+    until(&found, "e1 expired", |i| !has(i, "e1")).await;
+    let gone = killed.elapsed();
+    assert!(gone >= Duration::from_secs(1), "removed after {gone:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registry_errors_are_reported() {
+    // Nothing listens there.
+    let nowhere = format!("127.0.0.1:{}", common::free_port());
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_roster"))
+            .args(["echo", "--service", "web", "--listen", "127.0.0.1:0"])
+            .args(["--endpoints", &nowhere])
+            .stdin(Stdio::null())
+            .output()
+            .expect("run roster echo")
+    })
+    .await
+    .expect("join");
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let error = stderr.lines().filter(|l| l.starts_with("roster: error: "));
+    assert_eq!(error.count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("roster: error: registering web at"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("serving"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_delay_keeps_accepting_after_deregistering() {
+    let roster = Roster::start();
+    let mut echo = Echo::start(&[
+        "--service",
+        "web",
+        "--id",
+        "e1",
+        "--drain-delay-ms",
+        "1500",
+        "--endpoints",
+        &roster.endpoint,
+    ])
+    .await;
+    let found = registry(&roster).discover("web").await.expect("discover");
+    until(&found, "e1 registered", |i| has(i, "e1")).await;
+    let signalled = Instant::now();
+    echo.terminate();
+    until(&found, "e1 deregistered", |i| !has(i, "e1")).await;
+    // A router that has not yet seen the removal still gets an answer.
+    let mut conn = connect(echo.addr).await;
+    let (status, body) = get(&mut conn, "GET", "/late").await;
+    assert_eq!(
+        (status, &json(&body)["instance"]),
+        (StatusCode::OK, &"e1".into())
+    );
+    drop(conn);
+    assert!(echo.exited().await.success());
+    assert!(signalled.elapsed() >= Duration::from_millis(1500));
+}
