@@ -26,11 +26,10 @@
 //! the test ends, and the lock and election scenarios end by checking that
 //! every session lease they created was revoked.
 //!
-//! Three scenarios are `#[ignore]`d because they fail on SDK bugs, and
-//! say so in their `ignore` reason and doc: a cut well under the TTL can
-//! still lose a kept lease, and a lock or campaign that is waiting when
-//! its connection breaks fails instead of waiting on. They are the
-//! reproductions; they should pass once the SDK is fixed.
+//! Three scenarios pin bugs this file found in the SDK: a cut well under
+//! the TTL lost a kept lease when the next backoff pause would pass the
+//! deadline, and a lock or campaign waiting when its connection broke
+//! failed instead of waiting on.
 //!
 //! Timing: etcd raises TTLs much under 3 s on its defaults, so leases here
 //! live 3 s or more. Every wait for something that must happen is bounded
@@ -418,14 +417,11 @@ async fn partitions_short_and_long_on_etcd() {
 /// "nothing is lost as long as one renewal gets through before the lease's
 /// deadline", so it has to try within the time left.
 ///
-/// It does not: `Renewer::run` (lease.rs) gives the lease up as soon as
-/// its next backoff pause would end past the deadline, and sleeps until
-/// the deadline instead of trying sooner. Here a backoff of 5-10 s makes
-/// that certain: a 200 ms cut loses a 3 s lease although the registry is
-/// reachable for over two seconds before it expires. With the default
-/// backoff the same happens by chance once a cut lasts long enough for
-/// the pauses to grow (about 1 in 20 leases for a 1 s cut, 1 in 4 for
-/// 1.5 s, nearly 1 in 2 for 2 s, all on a 3 s TTL).
+/// A backoff of 5-10 s makes the point sharp: the keeper must cut its
+/// pause short of the deadline. (It once slept until the deadline instead
+/// whenever its next pause would pass it, so a 200 ms cut lost a 3 s lease
+/// here; with the default backoff about 1 lease in 20 was lost to a 1 s
+/// cut, and nearly 1 in 2 to a 2 s cut.)
 async fn short_partition_is_survived_whatever_the_backoff(server: Server) {
     let proxy = Proxy::start(server.endpoint()).await;
     let slow = Backoff {
@@ -453,13 +449,11 @@ async fn short_partition_is_survived_whatever_the_backoff(server: Server) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: lease.rs Renewer::run gives a lease up when its next backoff pause would pass the deadline, without trying in the time left"]
 async fn short_partition_is_survived_whatever_the_backoff_on_roster() {
     short_partition_is_survived_whatever_the_backoff(Server::Roster(Roster::start())).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: lease.rs Renewer::run gives a lease up when its next backoff pause would pass the deadline, without trying in the time left"]
 async fn short_partition_is_survived_whatever_the_backoff_on_etcd() {
     short_partition_is_survived_whatever_the_backoff(Server::Etcd(Etcd::start())).await;
 }
@@ -576,11 +570,11 @@ async fn lock_handover_on_etcd() {
 /// with backoff under the same lease", so once the line is back and the
 /// holder lets go, the contender gets the lock.
 ///
-/// It does not: `wait_under` (lock.rs) retries only calls that failed with
-/// `Unavailable`, but a Lock call whose connection breaks under it fails
-/// with `Unknown: transport error` (a broken pipe), so `lock()` returns
-/// that error at the cut. Campaigns share `wait_under` and fail the same
-/// way (`campaign_wait_survives_a_partition`).
+/// A Lock call whose connection breaks under it fails with `Unknown:
+/// transport error` (a broken pipe), not `Unavailable`; `wait_under`
+/// (lock.rs) once retried only the latter, so `lock()` returned that error
+/// at the cut. Campaigns share `wait_under`
+/// (`campaign_wait_survives_a_partition`).
 async fn lock_wait_survives_a_partition(server: Server) {
     let name = "jobs/partitioned";
     let holder = connect(server.endpoint()).lock(name).ttl(LONG_TTL);
@@ -605,19 +599,17 @@ async fn lock_wait_survives_a_partition(server: Server) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: lock.rs wait_under retries only Unavailable; a Lock call cut by a partition fails with Unknown (transport error) and lock() returns it"]
 async fn lock_wait_survives_a_partition_on_roster() {
     lock_wait_survives_a_partition(Server::Roster(Roster::start())).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: lock.rs wait_under retries only Unavailable; a Lock call cut by a partition fails with Unknown (transport error) and lock() returns it"]
 async fn lock_wait_survives_a_partition_on_etcd() {
     lock_wait_survives_a_partition(Server::Etcd(Etcd::start())).await;
 }
 
 /// The same for a campaign: cut off while it waits, it keeps waiting and
-/// leads once the leader resigns. Fails for the same reason as
+/// leads once the leader resigns, as in
 /// [`lock_wait_survives_a_partition`].
 async fn campaign_wait_survives_a_partition(server: Server) {
     let name = "elect/partitioned";
@@ -644,13 +636,11 @@ async fn campaign_wait_survives_a_partition(server: Server) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: lock.rs wait_under retries only Unavailable; a Campaign call cut by a partition fails with Unknown (transport error) and campaign() returns it"]
 async fn campaign_wait_survives_a_partition_on_roster() {
     campaign_wait_survives_a_partition(Server::Roster(Roster::start())).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: lock.rs wait_under retries only Unavailable; a Campaign call cut by a partition fails with Unknown (transport error) and campaign() returns it"]
 async fn campaign_wait_survives_a_partition_on_etcd() {
     campaign_wait_survives_a_partition(Server::Etcd(Etcd::start())).await;
 }

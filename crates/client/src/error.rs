@@ -28,3 +28,31 @@ pub enum Error {
 
 /// The client's result type.
 pub type Result<T> = std::result::Result<T, Error>;
+
+impl Error {
+    /// Whether the call failed for want of a working connection (refused,
+    /// broken, timed out) rather than by the server's decision, so the same
+    /// request may succeed on a retry once the network is back.
+    pub fn is_transport(&self) -> bool {
+        match self {
+            Error::Timeout => true,
+            Error::Status(s) => match s.code() {
+                tonic::Code::Unavailable | tonic::Code::Cancelled => true,
+                // tonic reports a connection broken under a request as
+                // Unknown, with the transport error as its source.
+                tonic::Code::Unknown => {
+                    let mut source = std::error::Error::source(s);
+                    while let Some(e) = source {
+                        if e.is::<tonic::transport::Error>() {
+                            return true;
+                        }
+                        source = e.source();
+                    }
+                    false
+                }
+                _ => false,
+            },
+            _ => false,
+        }
+    }
+}

@@ -30,6 +30,9 @@ use tokio_stream::wrappers::ReceiverStream;
 use crate::client::Client;
 use crate::error::{Error, Result};
 
+/// The shortest pause between two attempts to reopen a keepalive stream.
+const RETRY_FLOOR: Duration = Duration::from_millis(20);
+
 /// A granted lease kept alive by a background task until it is dropped,
 /// revoked, or lost.
 pub struct KeptLease {
@@ -161,18 +164,19 @@ impl Renewer {
                 Ok(lost) => return lost,
                 Err(e) => tracing::debug!(lease = self.id, error = %e, "keepalive stream broke"),
             }
-            let pause = backoff.delay(attempt);
-            attempt = (attempt + 1).min(16);
-            if Instant::now() + pause >= deadline {
-                // One last try right at the deadline is pointless: the
-                // registry expires the lease on its own clock.
-                tokio::time::sleep_until(deadline).await;
-                if Instant::now() >= deadline {
-                    return "no renewal got through before the lease expired".into();
-                }
-            } else {
-                tokio::time::sleep(pause).await;
+            let now = Instant::now();
+            if now >= deadline {
+                return "no renewal got through before the lease expired".into();
             }
+            // Never sleep through the time left: a partition that heals
+            // before the deadline must get a renewal in. Near the deadline
+            // the tries come closer together, down to a floor.
+            let pause = backoff
+                .delay(attempt)
+                .min((deadline - now) / 2)
+                .max(RETRY_FLOOR);
+            attempt = (attempt + 1).min(16);
+            tokio::time::sleep(pause).await;
         }
     }
 

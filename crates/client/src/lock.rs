@@ -86,7 +86,8 @@ impl IntoFuture for LockBuilder {
 }
 
 /// Runs a blocking coordination call (`call(lease id)`) until it succeeds,
-/// retrying it with backoff when the connection fails, and giving up if
+/// retrying it with backoff when the connection fails (the server drops
+/// the claim of an abandoned call itself), and giving up if
 /// `lease` is lost meanwhile. Shared by locks and campaigns.
 pub(crate) async fn wait_under<T, F, Fut>(client: &Client, lease: &KeptLease, call: F) -> Result<T>
 where
@@ -101,8 +102,8 @@ where
         tokio::select! {
             reason = &mut lost => return Err(Error::LeaseLost(reason)),
             r = call(lease.id()) => match r {
-                Err(Error::Status(s)) if s.code() == tonic::Code::Unavailable => {
-                    tracing::debug!(error = %s, "coordination call failed; retrying");
+                Err(e) if e.is_transport() => {
+                    tracing::debug!(error = %e, "coordination call cut off; retrying");
                 }
                 r => return r,
             }
