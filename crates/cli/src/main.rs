@@ -1,6 +1,7 @@
 //! `roster`: the registry server and its tools in one binary.
 
 mod echo;
+mod gateway;
 mod serve;
 
 use clap::{Parser, Subcommand};
@@ -19,6 +20,8 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Run a small HTTP backend that registers itself (for tests and demos).
     Echo(echo::EchoArgs),
+    /// Run the HTTP gateway: route path prefixes to discovered services.
+    Gateway(gateway::GatewayArgs),
 }
 
 fn main() {
@@ -33,6 +36,7 @@ fn main() {
     let result = match cli.command {
         Command::Serve(args) => serve::run(args),
         Command::Echo(args) => echo::run(args),
+        Command::Gateway(args) => gateway::run(args),
     };
     if let Err(e) = result {
         eprintln!("roster: error: {e}");

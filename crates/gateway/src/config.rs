@@ -121,8 +121,9 @@ impl Default for UpstreamConfig {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct EjectionConfig {
-    /// Consecutive failures (connection errors, timeouts, 5xx answers) that
-    /// eject an instance (default 3; 0 turns ejection off).
+    /// Consecutive failures (connection errors, timeouts, 5xx answers other
+    /// than 501 and 505) that eject an instance (default 3; 0 turns ejection
+    /// off).
     pub consecutive_failures: u32,
     /// How long an ejected instance stays out (default 10s).
     #[serde(deserialize_with = "duration")]

@@ -4,8 +4,8 @@
 //! Two signals take an instance out:
 //!
 //! - **Passive ejection**, from real traffic. Every proxied call reports
-//!   its outcome; a connection failure, a timeout or a 5xx answer is a
-//!   failure, anything else a success. After `consecutive_failures`
+//!   its outcome; a connection failure, a timeout or a 5xx answer (but
+//!   501 and 505) is a failure, anything else a success. After `consecutive_failures`
 //!   failures in a row the instance is ejected for `cool_down`. When the
 //!   cool-down ends it is eligible again but *half-open*: its failure count
 //!   is not reset, so the very next failure ejects it again at once, while

@@ -1,7 +1,7 @@
 //! The request path: route, pick, forward, answer.
 //!
 //! For each request [`handle`] finds the route ([`crate::table`]), then
-//! [`forward`] repeats at most `retries + 1` times: ask the service's
+//! `forward` repeats at most `retries + 1` times: ask the service's
 //! upstream for candidates (instances in rotation that this request has not
 //! tried), let the route's balancer pick one, rewrite the headers
 //! ([`crate::headers`]) and the path (prefix stripping), and send the
@@ -11,8 +11,9 @@
 //!
 //! Every attempt's outcome is reported twice: to the balancer's pick (p2c
 //! learns latency and failures from it) and to the upstream's health table
-//! (passive ejection). A response with a 5xx status counts as a failure but
-//! is still passed to the client as the instance sent it.
+//! (passive ejection). A response with a 5xx status (but 501 and 505, which
+//! are about the request) counts as a failure but is still passed to the
+//! client as the instance sent it.
 //!
 //! **Retries.** Only a failure to *connect* is retried, because only then
 //! is it certain that the instance saw nothing of the request; and only for
@@ -150,8 +151,8 @@ fn finish(shared: &Shared, access: Access, resp: Response<Body>) -> Response<Log
                     route = access.route.as_deref().unwrap_or("-"),
                     instance = access.instance.as_deref().unwrap_or("-"),
                     status,
-                    ms = to_headers.as_secs_f64() * 1000.0,
-                    total_ms = access.started.elapsed().as_secs_f64() * 1000.0,
+                    ms = %format_args!("{:.3}", to_headers.as_secs_f64() * 1000.0),
+                    total_ms = %format_args!("{:.3}", access.started.elapsed().as_secs_f64() * 1000.0),
                     bytes,
                     complete,
                 );
@@ -223,7 +224,7 @@ async fn forward(
         *up.headers_mut() = headers;
         match tokio::time::timeout_at(deadline, shared.client.request(up)).await {
             Ok(Ok(resp)) => {
-                let result = match resp.status().is_server_error() {
+                let result = match instance_failed(resp.status()) {
                     true => Err(ErrorKind::Status5xx),
                     false => Ok(()),
                 };
@@ -261,6 +262,9 @@ async fn forward(
 fn passed_on(resp: Response<Incoming>) -> Response<Body> {
     let (mut parts, body) = resp.into_parts();
     headers::remove_hop_by_hop(&mut parts.headers, None);
+    // The instance's HTTP version is its hop's business; hyper answers the
+    // client in the version the client spoke.
+    parts.version = Version::default();
     Response::from_parts(parts, stream(body))
 }
 
@@ -287,6 +291,15 @@ fn report(
             }
         }
     }
+}
+
+/// Whether an answer says the instance is failing: any 5xx except 501 Not
+/// Implemented and 505 HTTP Version Not Supported, which are about the
+/// request, and which a healthy instance gives to every such request.
+fn instance_failed(status: StatusCode) -> bool {
+    status.is_server_error()
+        && status != StatusCode::NOT_IMPLEMENTED
+        && status != StatusCode::HTTP_VERSION_NOT_SUPPORTED
 }
 
 /// Methods a request may be repeated with (RFC 9110 §9.2.2).
@@ -339,6 +352,27 @@ mod tests {
             assert_eq!(upstream_uri(addr, path).unwrap().to_string(), want);
         }
         assert!(upstream_uri("not an address", "/").is_err());
+    }
+
+    #[test]
+    fn which_answers_count_against_the_instance() {
+        for (code, failed) in [
+            (200, false),
+            (404, false),
+            (500, true),
+            (501, false),
+            (502, true),
+            (503, true),
+            (504, true),
+            (505, false),
+            (599, true),
+        ] {
+            assert_eq!(
+                instance_failed(StatusCode::from_u16(code).unwrap()),
+                failed,
+                "{code}"
+            );
+        }
     }
 
     #[test]

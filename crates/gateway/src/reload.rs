@@ -4,15 +4,17 @@
 //! no file-notification crate is needed for a file this small, and polling
 //! the contents also sees edits that keep the modification time (and the
 //! atomic rename an editor does). A change is parsed and validated: if it
-//! is good and differs from the configuration in force, the routes are
-//! swapped ([`Handle::reload`]); if not, the error is logged and the old
-//! routes stay. A half-written file thus costs one logged error, and the
-//! next poll picks up the finished one.
+//! is good and its routes differ from those in force, they are swapped
+//! ([`Handle::reload`]); if not, the error is logged and the old routes
+//! stay. A half-written file thus costs one logged error, and the next poll
+//! picks up the finished one. An edit to a setting bound at start (the
+//! addresses, the registry, the upstream pool) is logged as needing a
+//! restart.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::config::Config;
+use crate::config::{Config, EjectionConfig, RouteConfig};
 use crate::server::Handle;
 
 /// How often the file is read.
@@ -22,6 +24,7 @@ const POLL: Duration = Duration::from_secs(1);
 pub async fn watch(path: PathBuf, handle: Handle) {
     let mut last: Option<Vec<u8>> = None;
     let mut last_read_error: Option<String> = None;
+    let mut previous: Option<Config> = None;
     let mut tick = tokio::time::interval(POLL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -42,7 +45,6 @@ pub async fn watch(path: PathBuf, handle: Handle) {
         if last.as_ref() == Some(&bytes) {
             continue;
         }
-        let first = last.is_none();
         last = Some(bytes.clone());
         let parsed = std::str::from_utf8(&bytes)
             .map_err(|e| crate::Error::Config(e.to_string()))
@@ -54,14 +56,41 @@ pub async fn watch(path: PathBuf, handle: Handle) {
                 continue;
             }
         };
-        if config == handle.config() {
+        if let Some(before) = &previous {
+            for field in needs_restart(before, &config) {
+                tracing::warn!(
+                    field,
+                    "changing this setting needs a restart; keeping the running value"
+                );
+            }
+        }
+        previous = Some(config.clone());
+        // Flags may have overridden the bound settings, so only what a
+        // reload applies is compared with the running configuration.
+        if reloadable(&config) == reloadable(&handle.config()) {
             continue;
         }
-        if !first {
-            tracing::info!(path = %path.display(), "config file changed; reloading");
-        }
+        tracing::info!(path = %path.display(), "config file changed; reloading");
         if let Err(e) = handle.reload(config).await {
             tracing::error!(error = %e, "config reload failed; keeping the current routes");
         }
     }
+}
+
+/// The part of a configuration a reload applies.
+fn reloadable(c: &Config) -> (&[RouteConfig], &EjectionConfig, Duration) {
+    (&c.routes, &c.ejection, c.shutdown_grace)
+}
+
+/// The settings bound at start that differ between two file versions.
+fn needs_restart(before: &Config, after: &Config) -> Vec<&'static str> {
+    [
+        ("listen", before.listen != after.listen),
+        ("admin_listen", before.admin_listen != after.admin_listen),
+        ("registry", before.registry != after.registry),
+        ("upstream", before.upstream != after.upstream),
+    ]
+    .into_iter()
+    .filter_map(|(field, changed)| changed.then_some(field))
+    .collect()
 }

@@ -12,7 +12,7 @@
 //!
 //! A 5xx answered by an instance itself is passed through unchanged, not
 //! replaced by one of these. Every answer here carries
-//! `Cache-Control: no-store` and `Connection` semantics are left to hyper.
+//! `Cache-Control: no-store`.
 
 use http::{header, Response, StatusCode};
 use serde_json::json;

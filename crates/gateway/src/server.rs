@@ -17,8 +17,8 @@
 //! Reloads ([`Handle::reload`], or [`Gateway::watch_config`] polling a
 //! file) build a new table and swap it in; see [`crate::table`] for why that
 //! leaves connections alone. Settings bound at start — the addresses, the
-//! registry, the upstream pool — only change with a restart, and a reload
-//! that changes them says so in the log.
+//! registry, the upstream pool — only change with a restart; the file
+//! watcher says so in the log when an edit changes them.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -211,28 +211,12 @@ pub struct Handle {
 }
 
 impl Handle {
-    /// Validates `config` and swaps in its routes; settings that need a
-    /// restart are logged and left as they are. On error nothing changes.
+    /// Validates `config` and swaps in its routes, ejection policy and
+    /// shutdown grace; the settings bound at start (addresses, registry,
+    /// upstream pool) are ignored. On error nothing changes.
     pub async fn reload(&self, mut config: Config) -> Result<()> {
         config.validate()?;
         let mut upstreams = self.shared.upstreams.lock().await;
-        {
-            let current = self.shared.config.lock();
-            let restart = [
-                ("listen", current.listen != config.listen),
-                ("admin_listen", current.admin_listen != config.admin_listen),
-                ("registry", current.registry != config.registry),
-                ("upstream", current.upstream != config.upstream),
-            ];
-            for (field, changed) in restart {
-                if changed {
-                    tracing::warn!(
-                        field,
-                        "changing this setting needs a restart; keeping the running value"
-                    );
-                }
-            }
-        }
         let table = upstreams.build(&config).await;
         *self.shared.table.write() = Arc::new(table);
         let mut current = self.shared.config.lock();

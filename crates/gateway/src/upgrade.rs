@@ -46,5 +46,6 @@ pub fn splice(client: OnUpgrade, mut resp: Response<Incoming>) -> Response<Body>
     });
     let (mut parts, _) = resp.into_parts();
     headers::remove_hop_by_hop(&mut parts.headers, protocol.as_ref());
+    parts.version = http::Version::default();
     Response::from_parts(parts, empty())
 }
