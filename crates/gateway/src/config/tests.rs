@@ -147,3 +147,28 @@ fn file_errors_name_the_file() {
     let err = Config::from_file(&path).unwrap_err().to_string();
     assert!(err.contains("gw.toml: route[0] (\"/\").service"), "{err}");
 }
+
+#[test]
+fn the_example_file_is_valid_and_shows_the_defaults() {
+    let text = include_str!("../../../../docs/gateway.example.toml");
+    let c = Config::parse(text).unwrap();
+    let d = Config::default();
+    assert_eq!(
+        (&c.listen, &c.admin_listen, c.shutdown_grace),
+        (&d.listen, &d.admin_listen, d.shutdown_grace)
+    );
+    assert_eq!(
+        (&c.registry, &c.upstream, &c.ejection),
+        (&d.registry, &d.upstream, &d.ejection)
+    );
+    let mut first = RouteConfig::new("/", "web");
+    first.name = Some("/".into());
+    assert_eq!(c.routes[0], first);
+    assert_eq!(
+        c.routes[1].health_check,
+        Some(HealthCheckConfig {
+            path: "/healthz".into(),
+            ..HealthCheckConfig::default()
+        })
+    );
+}
