@@ -14,8 +14,11 @@
 //! cardinality is bounded by the instances a route has seen since the
 //! gateway started.
 //!
-//! Counters use prometheus-client's atomics; the histogram takes a short
-//! lock per observation, which is noise next to a proxied HTTP call.
+//! Each route looks its series up once, when its table is built
+//! ([`RouteMetrics`]), so counting a request is a few atomic additions and
+//! the histogram's short lock, with no label to allocate or hash. A route's
+//! series appear at zero as soon as the route exists, which is what
+//! Prometheus' `rate()` wants.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -146,27 +149,23 @@ impl Metrics {
         }
     }
 
-    /// Counts an answered request and its time to headers.
-    pub fn request(&self, route: &str, status: u16, seconds: f64) {
-        let code = format!("{}xx", status / 100);
-        let route = route.to_string();
-        self.duration
-            .get_or_create(&RouteLabel {
-                route: route.clone(),
-            })
-            .observe(seconds);
-        self.requests
-            .get_or_create(&RouteCode { route, code })
-            .inc();
-    }
-
-    /// Counts response body bytes.
-    pub fn response_bytes(&self, route: &str, n: u64) {
-        self.bytes
-            .get_or_create(&RouteLabel {
+    /// The handles of `route`'s series, to count its requests without a
+    /// label lookup each time; creates the series (at zero) if needed.
+    pub fn route(&self, route: &str) -> RouteMetrics {
+        let label = RouteLabel {
+            route: route.to_string(),
+        };
+        let requests = ["1xx", "2xx", "3xx", "4xx", "5xx"].map(|code| {
+            self.requests.get_or_create_owned(&RouteCode {
                 route: route.to_string(),
+                code: code.to_string(),
             })
-            .inc_by(n);
+        });
+        RouteMetrics {
+            requests,
+            duration: self.duration.get_or_create_owned(&label),
+            bytes: self.bytes.get_or_create_owned(&label),
+        }
     }
 
     /// Counts a failed call to an instance.
@@ -205,6 +204,28 @@ impl Metrics {
     }
 }
 
+/// One route's series (see [`Metrics::route`]); cheap to clone.
+#[derive(Clone)]
+pub struct RouteMetrics {
+    requests: [Counter; 5],
+    duration: Histogram,
+    bytes: Counter,
+}
+
+impl RouteMetrics {
+    /// Counts an answered request and its time to headers.
+    pub fn request(&self, status: u16, seconds: f64) {
+        let class = usize::from(status / 100).clamp(1, 5) - 1;
+        self.requests[class].inc();
+        self.duration.observe(seconds);
+    }
+
+    /// Counts response body bytes.
+    pub fn response_bytes(&self, n: u64) {
+        self.bytes.inc_by(n);
+    }
+}
+
 /// A request counted in `roster_gateway_requests_in_flight`.
 pub struct InFlight(Gauge);
 
@@ -221,18 +242,21 @@ mod tests {
     #[test]
     fn encodes_what_was_counted() {
         let m = Metrics::new();
-        m.request("/api", 200, 0.003);
-        m.request("/api", 503, 0.0001);
+        let api = m.route("/api");
+        api.request(200, 0.003);
+        api.request(503, 0.0001);
+        m.route("/api").request(204, 0.001);
         m.upstream_error("/api", "127.0.0.1:9", ErrorKind::Connect);
         m.ejection("web", "127.0.0.1:9");
-        m.response_bytes("/api", 42);
+        api.response_bytes(42);
         let guard = m.in_flight();
         let text = m.encode();
         drop(guard);
         for want in [
-            "roster_gateway_requests_total{route=\"/api\",code=\"2xx\"} 1",
+            "roster_gateway_requests_total{route=\"/api\",code=\"2xx\"} 2",
             "roster_gateway_requests_total{route=\"/api\",code=\"5xx\"} 1",
-            "roster_gateway_request_duration_seconds_count{route=\"/api\"} 2",
+            "roster_gateway_requests_total{route=\"/api\",code=\"4xx\"} 0",
+            "roster_gateway_request_duration_seconds_count{route=\"/api\"} 3",
             "roster_gateway_upstream_errors_total{route=\"/api\",instance=\"127.0.0.1:9\",kind=\"connect\"} 1",
             "roster_gateway_ejections_total{service=\"web\",instance=\"127.0.0.1:9\"} 1",
             "roster_gateway_response_bytes_total{route=\"/api\"} 42",

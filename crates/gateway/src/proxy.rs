@@ -42,7 +42,7 @@ use roster_client::balance::Pick;
 use crate::body::{empty, stream, Body, Logged};
 use crate::config::{HashKey, UpstreamConfig};
 use crate::health::Transition;
-use crate::metrics::ErrorKind;
+use crate::metrics::{ErrorKind, RouteMetrics};
 use crate::server::Shared;
 use crate::table::Route;
 use crate::upstream::Candidates;
@@ -108,14 +108,14 @@ pub async fn handle(
         .cloned();
     let Some(route) = route else {
         let resp = reply::no_route(&access.path);
-        return finish(&shared, access, resp);
+        return finish(&shared.unmatched, access, resp);
     };
     access.route = Some(route.name.clone());
     let in_flight = shared.metrics.in_flight();
     let (resp, instance) = forward(&shared, &route, peer, req, access.host.as_deref()).await;
     drop(in_flight);
     access.instance = instance;
-    finish(&shared, access, resp)
+    finish(&route.metrics, access, resp)
 }
 
 /// The host the client asked for: the `Host` header, else the URI's
@@ -130,19 +130,16 @@ fn request_host<B>(req: &Request<B>) -> Option<String> {
 
 /// Counts the answer and wraps its body so the access log is written when
 /// the body ends.
-fn finish(shared: &Shared, access: Access, resp: Response<Body>) -> Response<Logged> {
+fn finish(metrics: &RouteMetrics, access: Access, resp: Response<Body>) -> Response<Logged> {
     let status = resp.status().as_u16();
     let to_headers = access.started.elapsed();
-    let route = access.route.clone().unwrap_or_else(|| "none".into());
-    shared
-        .metrics
-        .request(&route, status, to_headers.as_secs_f64());
-    let metrics = shared.metrics.clone();
+    metrics.request(status, to_headers.as_secs_f64());
+    let metrics = metrics.clone();
     resp.map(move |body| {
         Logged::new(
             body,
             Box::new(move |bytes, complete| {
-                metrics.response_bytes(&route, bytes);
+                metrics.response_bytes(bytes);
                 tracing::info!(
                     target: "roster_gateway::access",
                     method = %access.method,

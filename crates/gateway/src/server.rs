@@ -38,7 +38,7 @@ use tokio::sync::watch;
 
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, RouteMetrics};
 use crate::proxy::{self, HttpClient};
 use crate::table::{Table, Upstreams};
 use crate::upstream::Source;
@@ -53,6 +53,8 @@ pub struct Shared {
     pub client: HttpClient,
     /// The metrics.
     pub metrics: Arc<Metrics>,
+    /// The series of requests that match no route.
+    pub unmatched: RouteMetrics,
 }
 
 impl Shared {
@@ -86,14 +88,16 @@ impl Gateway {
         let listener = bind(&config.listen).await?;
         let admin = bind(&config.admin_listen).await?;
         let client = proxy::http_client(&config.upstream);
+        let metrics = Arc::new(Metrics::new());
         let mut upstreams = Upstreams::new(source, client.clone());
-        let table = upstreams.build(&config).await;
+        let table = upstreams.build(&config, &metrics).await;
         let shared = Arc::new(Shared {
             table: RwLock::new(Arc::new(table)),
             upstreams: tokio::sync::Mutex::new(upstreams),
             config: Mutex::new(config),
             client,
-            metrics: Arc::new(Metrics::new()),
+            unmatched: metrics.route("none"),
+            metrics,
         });
         Ok(Gateway {
             listener,
@@ -217,7 +221,7 @@ impl Handle {
     pub async fn reload(&self, mut config: Config) -> Result<()> {
         config.validate()?;
         let mut upstreams = self.shared.upstreams.lock().await;
-        let table = upstreams.build(&config).await;
+        let table = upstreams.build(&config, &self.shared.metrics).await;
         *self.shared.table.write() = Arc::new(table);
         let mut current = self.shared.config.lock();
         current.routes = config.routes;

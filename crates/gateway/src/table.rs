@@ -28,6 +28,7 @@ use roster_client::balance::{by_name, Balancer};
 
 use crate::checks;
 use crate::config::{Config, RouteConfig};
+use crate::metrics::{Metrics, RouteMetrics};
 use crate::proxy::HttpClient;
 use crate::routes::Matcher;
 use crate::upstream::{Source, Upstream};
@@ -47,6 +48,8 @@ pub struct Route {
     pub balancer: Box<dyn Balancer>,
     /// Whether the balancer wants a request key (consistent hashing).
     pub keyed: bool,
+    /// Its metric series.
+    pub metrics: RouteMetrics,
 }
 
 /// The routes of one configuration.
@@ -88,8 +91,9 @@ impl Upstreams {
         }
     }
 
-    /// The table for `config` (which must be validated).
-    pub async fn build(&mut self, config: &Config) -> Table {
+    /// The table for `config` (which must be validated), its routes
+    /// counted in `metrics`.
+    pub async fn build(&mut self, config: &Config, metrics: &Metrics) -> Table {
         let mut services = HashMap::new();
         let mut fresh = Vec::new();
         for r in &config.routes {
@@ -130,6 +134,7 @@ impl Upstreams {
                     balancer: by_name(&r.balancer)
                         .unwrap_or_else(|| by_name("p2c").expect("p2c is a balancer")),
                     keyed: r.balancer == "consistent_hash",
+                    metrics: metrics.route(&r.name()),
                 })
             })
             .collect();
