@@ -1,5 +1,6 @@
 //! `roster`: the registry server and its tools in one binary.
 
+mod bench;
 mod echo;
 mod gateway;
 mod serve;
@@ -22,6 +23,8 @@ enum Command {
     Echo(echo::EchoArgs),
     /// Run the HTTP gateway: route path prefixes to discovered services.
     Gateway(gateway::GatewayArgs),
+    /// Load-test any etcd v3 endpoint (put, range, watch, leases, registry).
+    Bench(bench::BenchArgs),
 }
 
 fn main() {
@@ -37,6 +40,7 @@ fn main() {
         Command::Serve(args) => serve::run(args),
         Command::Echo(args) => echo::run(args),
         Command::Gateway(args) => gateway::run(args),
+        Command::Bench(args) => bench::run(args),
     };
     if let Err(e) = result {
         eprintln!("roster: error: {e}");

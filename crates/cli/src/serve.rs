@@ -41,7 +41,7 @@ pub struct ServeArgs {
 }
 
 /// Parses durations written as a number and a unit: `ms`, `s`, `m` or `h`.
-fn parse_duration(s: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
     let n: u64 = num

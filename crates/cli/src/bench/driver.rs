@@ -1,0 +1,200 @@
+//! The closed-loop load driver.
+//!
+//! Each [`Worker`] is one client: it issues one operation, waits for its
+//! answer, records the latency, and issues the next, as etcd's benchmark
+//! clients do. Workers draw sequence numbers from one shared counter, so
+//! `--total N` means exactly N operations however the clients are spread,
+//! and a worker can derive its key from the number (`--sequential`).
+//!
+//! With `--rate R`, operation `n` is not started before `start + n/R`: the
+//! schedule is fixed in advance, so a slow answer does not lower the
+//! offered rate. Latency is still timed from the actual send; a run whose
+//! server cannot keep up shows it as a shortfall in achieved rate.
+//!
+//! Workers are built, and their connections and streams set up, before
+//! [`drive`] is called, so that setting up is never measured. The progress
+//! bar goes to stderr and is hidden when stderr is not a terminal, so
+//! scripts capturing `--json` see only the report.
+
+use std::future::Future;
+use std::io::IsTerminal;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressStyle};
+use parking_lot::Mutex;
+
+use super::report::Recorder;
+
+/// Most distinct error messages kept for the report.
+const MAX_ERROR_SAMPLES: usize = 5;
+
+/// Failures tolerated before the half-failed rule may stop a run, so that a
+/// few errors at the start do not end it.
+const ABORT_MIN_ERRORS: u64 = 100;
+
+/// When a run's measured part ends.
+#[derive(Debug, Clone, Copy)]
+pub enum Stop {
+    /// After this many operations, over all workers.
+    Total(u64),
+    /// After this much wall time.
+    After(Duration),
+}
+
+/// One client of a closed-loop run.
+pub trait Worker: Send + 'static {
+    /// Runs operation number `seq` to completion.
+    fn op(&mut self, seq: u64) -> impl Future<Output = Result<(), String>> + Send;
+}
+
+/// What a run did, before it becomes a report.
+pub struct Outcome {
+    /// Operations that succeeded.
+    pub count: u64,
+    /// Operations that failed.
+    pub errors: u64,
+    /// A few distinct error messages.
+    pub error_samples: Vec<String>,
+    /// From the first operation's start to the last one's end.
+    pub duration: Duration,
+    /// True when the run stopped early because most operations failed.
+    pub aborted: bool,
+}
+
+/// Counters shared by the workers of one run.
+struct Shared {
+    next: AtomicU64,
+    ok: AtomicU64,
+    errors: AtomicU64,
+    abort: AtomicBool,
+    samples: Mutex<Vec<String>>,
+}
+
+impl Shared {
+    fn fail(&self, e: String) {
+        let errors = self.errors.fetch_add(1, Ordering::Relaxed) + 1;
+        let ok = self.ok.load(Ordering::Relaxed);
+        if errors >= ABORT_MIN_ERRORS && errors > ok {
+            self.abort.store(true, Ordering::Relaxed);
+        }
+        let mut s = self.samples.lock();
+        if s.len() < MAX_ERROR_SAMPLES && !s.contains(&e) {
+            s.push(e);
+        }
+    }
+}
+
+/// A progress bar on stderr, hidden when stderr is not a terminal.
+pub fn progress(label: &str, len: u64) -> ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let pb = ProgressBar::new(len);
+    pb.set_style(
+        ProgressStyle::with_template("{msg:>10} [{bar:40}] {pos}/{len} ({per_sec}, eta {eta})")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    pb.set_message(label.to_string());
+    pb
+}
+
+/// Runs `workers` until `stop`, recording each successful operation's
+/// latency into `recorder` under the worker's index.
+pub async fn drive<W: Worker>(
+    label: &str,
+    workers: Vec<W>,
+    stop: Stop,
+    rate: f64,
+    recorder: Arc<Recorder>,
+) -> Outcome {
+    let shared = Arc::new(Shared {
+        next: AtomicU64::new(0),
+        ok: AtomicU64::new(0),
+        errors: AtomicU64::new(0),
+        abort: AtomicBool::new(false),
+        samples: Mutex::new(Vec::new()),
+    });
+    let (len, deadline_ms) = match stop {
+        Stop::Total(n) => (n, None),
+        Stop::After(d) => (d.as_millis() as u64, Some(d.as_millis() as u64)),
+    };
+    let pb = progress(label, len);
+    let start = Instant::now();
+    let deadline = match stop {
+        Stop::After(d) => Some(start + d),
+        Stop::Total(_) => None,
+    };
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, mut w) in workers.into_iter().enumerate() {
+        let shared = shared.clone();
+        let recorder = recorder.clone();
+        tasks.spawn(async move {
+            loop {
+                if shared.abort.load(Ordering::Relaxed) {
+                    break;
+                }
+                let seq = shared.next.fetch_add(1, Ordering::Relaxed);
+                match stop {
+                    Stop::Total(n) if seq >= n => break,
+                    _ => {}
+                }
+                if rate > 0.0 {
+                    let at = start + Duration::from_secs_f64(seq as f64 / rate);
+                    tokio::time::sleep_until(at.into()).await;
+                }
+                if deadline.is_some_and(|d| Instant::now() >= d) {
+                    break;
+                }
+                let t = Instant::now();
+                match w.op(seq).await {
+                    Ok(()) => {
+                        recorder.record(i, t.elapsed());
+                        shared.ok.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) => shared.fail(e),
+                }
+            }
+        });
+    }
+    // The bar is fed by a ticker, not by the workers, so that a thousand
+    // clients do not contend on it.
+    let ticker = {
+        let (shared, pb) = (shared.clone(), pb.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                let pos = match deadline_ms {
+                    Some(d) => (start.elapsed().as_millis() as u64).min(d),
+                    None => {
+                        shared.ok.load(Ordering::Relaxed) + shared.errors.load(Ordering::Relaxed)
+                    }
+                };
+                pb.set_position(pos);
+            }
+        })
+    };
+    while let Some(r) = tasks.join_next().await {
+        if let Err(e) = r {
+            shared.fail(format!("client task failed: {e}"));
+        }
+    }
+    let duration = start.elapsed();
+    ticker.abort();
+    pb.finish_and_clear();
+    let samples = std::mem::take(&mut *shared.samples.lock());
+    Outcome {
+        count: shared.ok.load(Ordering::Relaxed),
+        errors: shared.errors.load(Ordering::Relaxed),
+        error_samples: samples,
+        duration,
+        aborted: shared.abort.load(Ordering::Relaxed),
+    }
+}
+
+/// Turns a tonic status into the text the report keeps.
+pub fn status_text(s: tonic::Status) -> String {
+    format!("{:?}: {}", s.code(), s.message())
+}

@@ -1,0 +1,299 @@
+#!/usr/bin/env bash
+# Roster against the real etcd 3.4 on this machine: the same `roster bench`
+# scenarios against each, alternately (etcd, roster, etcd, roster, ...) for
+# several rounds, then a table of medians with the Roster/etcd ratio per row
+# and the machine's ceilings (a no-op gRPC server, fsync latency).
+#
+#   scripts/bench-vs-etcd.sh [--quick] [--rounds N] [--out DIR] [--no-build]
+#
+# --quick    short runs and 10k instead of 100k keys: a smoke run of a few
+#            minutes. The full run takes roughly half an hour.
+# --rounds   rounds of A B (default 3).
+# --out      where raw results go (default bench/results/<UTC time>);
+#            raw.jsonl holds every report, table.md the table.
+# --no-build use the existing target/release/roster.
+#
+# Both servers run on loopback with fresh data directories, one at a time,
+# so they never compete with each other; the load generator shares the
+# machine with the server it measures, identically for both. Each round,
+# each server gets two lives:
+#   data: load the keys (txns of 100 puts), read VmRSS, serializable and
+#         linearizable range with 1000 clients, then kill -9 and time the
+#         restart until a linearizable Range succeeds;
+#   ops:  put with 1, 100 and 1000 clients, lease keepalive with 100
+#         clients, watch delivery to 1000 watchers, put->event latency at
+#         100 puts/s to 100 watchers, registry register and discover.
+# Benchmarks are noisy on a shared machine: the load average is printed at
+# the start and end, and kept with the results.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+quick=0
+rounds=3
+out=""
+build=1
+while (($#)); do
+  case "$1" in
+    --quick) quick=1 ;;
+    --rounds) rounds="$2"; shift ;;
+    --out) out="$2"; shift ;;
+    --no-build) build=0 ;;
+    *) echo "usage: $0 [--quick] [--rounds N] [--out DIR] [--no-build]" >&2; exit 2 ;;
+  esac
+  shift
+done
+
+if ((quick)); then
+  dur=2s; keys=10000; watch_puts=100; lat_dur=3s
+else
+  dur=10s; keys=100000; watch_puts=1000; lat_dur=10s
+fi
+
+missing=()
+command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)
+command -v python3 >/dev/null 2>&1 || missing+=(python3)
+if ((${#missing[@]})); then
+  echo "bench-vs-etcd: installing ${missing[*]}"
+  sudo=""
+  if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+if ((build)); then
+  cargo build --release -p roster
+fi
+roster="$PWD/target/release/roster"
+[ -x "$roster" ] || { echo "no $roster: build it or drop --no-build" >&2; exit 1; }
+
+out="${out:-bench/results/$(date -u +%Y%m%dT%H%M%SZ)}"
+mkdir -p "$out"
+raw="$out/raw.jsonl"
+: >"$raw"
+work="$(mktemp -d /tmp/roster-bench.XXXXXX)"
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+# Loopback ports: a fixed block well away from the defaults, so a stray
+# etcd on 2379 is never measured by mistake.
+client_port=23179
+peer_port=23180
+noop_port=23181
+ep="127.0.0.1:$client_port"
+
+log() { echo "[$(date +%H:%M:%S)] $*" >&2; }
+
+# start SERVER DATA_DIR: starts the server in the background, sets $pid.
+start() {
+  local server="$1" dir="$2"
+  case "$server" in
+    etcd)
+      etcd --name default --data-dir "$dir" \
+        --listen-client-urls "http://$ep" --advertise-client-urls "http://$ep" \
+        --listen-peer-urls "http://127.0.0.1:$peer_port" \
+        --initial-advertise-peer-urls "http://127.0.0.1:$peer_port" \
+        --initial-cluster "default=http://127.0.0.1:$peer_port" \
+        >>"$work/$server.log" 2>&1 &
+      ;;
+    roster)
+      RUST_LOG=warn "$roster" serve --data-dir "$dir" \
+        --listen-client-urls "http://$ep" >>"$work/$server.log" 2>&1 &
+      ;;
+  esac
+  pid=$!
+  pids+=("$pid")
+}
+
+# stop: kill -9 the running server and wait until it is gone.
+stop() {
+  kill -9 "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+}
+
+# record ROUND SERVER ROW JSON: appends one tagged report to raw.jsonl.
+record() {
+  printf '{"round":%s,"server":"%s","row":"%s","report":%s}\n' "$1" "$2" "$3" "$4" >>"$raw"
+}
+
+# run ROUND SERVER ROW ARGS...: one `roster bench` run, recorded. A run
+# that fails is recorded with what it printed, and the script goes on.
+run() {
+  local round="$1" server="$2" row="$3"; shift 3
+  log "round $round $server: $row"
+  local json
+  if json="$("$roster" bench "$@" --json)"; then :; else
+    log "  $row failed against $server (recorded with its errors)"
+  fi
+  [ -n "$json" ] || json='{"count":0,"errors":1,"rps":0,"latency_ms":{}}'
+  record "$round" "$server" "$row" "$json"
+}
+
+# value ROUND SERVER ROW NUMBER: records a bare measurement (RSS, restart).
+value() {
+  record "$1" "$2" "$3" "{\"value\":$4}"
+}
+
+data_life() {
+  local round="$1" server="$2" dir="$work/$server-data-$1"
+  start "$server" "$dir"
+  "$roster" bench ready --endpoints "$ep" >/dev/null
+  log "round $round $server: loading $keys keys"
+  "$roster" bench range --endpoints "$ep" --conns 10 --clients 10 \
+    --load-keys "$keys" --total 1 --json >/dev/null
+  sleep 1
+  local rss_kb
+  rss_kb=$(awk '/^VmRSS:/ {print $2}' "/proc/$pid/status")
+  value "$round" "$server" rss_mb "$(echo "$rss_kb" | awk '{printf "%.1f", $1/1024}')"
+  run "$round" "$server" range-s-1000 range --endpoints "$ep" --conns 100 --clients 1000 \
+    --key-space "$keys" --consistency s --duration "$dur"
+  run "$round" "$server" range-l-1000 range --endpoints "$ep" --conns 100 --clients 1000 \
+    --key-space "$keys" --consistency l --duration "$dur"
+  stop
+  local t0 t1
+  t0=$(date +%s%N)
+  start "$server" "$dir"
+  "$roster" bench ready --endpoints "$ep" --timeout 120s >/dev/null
+  t1=$(date +%s%N)
+  value "$round" "$server" restart_ms "$(( (t1 - t0) / 1000000 ))"
+  stop
+}
+
+ops_life() {
+  local round="$1" server="$2" dir="$work/$server-ops-$1"
+  start "$server" "$dir"
+  "$roster" bench ready --endpoints "$ep" >/dev/null
+  run "$round" "$server" put-1 put --endpoints "$ep" --conns 1 --clients 1 --duration "$dur"
+  run "$round" "$server" put-100 put --endpoints "$ep" --conns 10 --clients 100 --duration "$dur"
+  run "$round" "$server" put-1000 put --endpoints "$ep" --conns 100 --clients 1000 --duration "$dur"
+  run "$round" "$server" keepalive-100 lease-keepalive --endpoints "$ep" --conns 10 --clients 100 \
+    --duration "$dur"
+  run "$round" "$server" watch-1000 watch --endpoints "$ep" --conns 10 --streams 100 \
+    --watchers 1000 --clients 10 --total "$watch_puts"
+  run "$round" "$server" watch-latency watch --endpoints "$ep" --conns 10 --streams 10 \
+    --watchers 100 --clients 10 --rate 100 --duration "$lat_dur"
+  run "$round" "$server" register register --endpoints "$ep" --conns 10 --clients 10 \
+    --duration "$dur"
+  run "$round" "$server" discover discover --endpoints "$ep" --conns 10 --clients 1 \
+    --discoverers 100 --duration "$dur"
+  stop
+}
+
+{
+  echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+  echo "command: $0 $([ $quick = 1 ] && echo --quick) --rounds $rounds"
+  echo "roster: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet 2>/dev/null || echo ' (dirty tree)')"
+  echo "etcd: $(etcd --version | head -1)"
+  echo "cpu: $(nproc) x $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')"
+  echo "memory: $(free -g | awk '/^Mem:/ {print $2}') GiB"
+  echo "load before: $(uptime)"
+} | tee "$out/machine.txt"
+
+# The ceilings, once: the most a gRPC server here can answer, and the
+# latency of one durable small write on the disk the data lives on.
+RUST_LOG=warn "$roster" bench noop-server --listen "127.0.0.1:$noop_port" 2>>"$work/noop.log" &
+pid=$!
+pids+=("$pid")
+until grep -q "ready to serve" "$work/noop.log" 2>/dev/null; do sleep 0.05; done
+run 0 ceiling noop-1 noop --endpoints "127.0.0.1:$noop_port" --conns 1 --clients 1 --duration "$dur"
+run 0 ceiling noop-100 noop --endpoints "127.0.0.1:$noop_port" --conns 10 --clients 100 --duration "$dur"
+run 0 ceiling noop-1000 noop --endpoints "127.0.0.1:$noop_port" --conns 100 --clients 1000 --duration "$dur"
+stop
+run 0 ceiling fsync fsync --dir "$work" --total 1000
+
+for ((r = 1; r <= rounds; r++)); do
+  for server in etcd roster; do
+    data_life "$r" "$server"
+    ops_life "$r" "$server"
+  done
+done
+
+echo "load after: $(uptime)" | tee -a "$out/machine.txt"
+python3 - "$raw" <<'PY' | tee "$out/table.md"
+import json, statistics, sys
+
+rows = [json.loads(l) for l in open(sys.argv[1])]
+def get(server, row, f):
+    vals = []
+    for r in rows:
+        if r["server"] == server and r["row"] == row:
+            try:
+                vals.append(f(r["report"]))
+            except (KeyError, TypeError):
+                pass
+    return vals
+
+rps = lambda r: r["rps"]
+p99 = lambda r: r["latency_ms"]["p99"]
+val = lambda r: r["value"]
+# (label, row, metric, unit, better, target ratio or None, absolute target)
+table = [
+    ("put, 1 client", "put-1", rps, "req/s", "higher", 1.5, None),
+    ("put, 1 client p99", "put-1", p99, "ms", "lower", None, None),
+    ("put, 100 clients", "put-100", rps, "req/s", "higher", 2, None),
+    ("put, 100 clients p99", "put-100", p99, "ms", "lower", 0.5, None),
+    ("put, 1000 clients", "put-1000", rps, "req/s", "higher", 2, None),
+    ("put, 1000 clients p99", "put-1000", p99, "ms", "lower", 0.5, None),
+    ("range serializable, 1000 clients", "range-s-1000", rps, "req/s", "higher", 3, None),
+    ("range linearizable, 1000 clients", "range-l-1000", rps, "req/s", "higher", None, None),
+    ("lease keepalive, 100 clients", "keepalive-100", rps, "req/s", "higher", 3, None),
+    ("watch delivery, 1000 watchers", "watch-1000", rps, "events/s", "higher", 2, None),
+    ("put->event p99, 100 watchers @100 put/s", "watch-latency", p99, "ms", "lower", None, 1.0),
+    ("register (10 clients)", "register", rps, "req/s", "higher", None, None),
+    ("register p99", "register", p99, "ms", "lower", None, None),
+    ("discover: visible to 100 discoverers, p99", "discover", p99, "ms", "lower", None, None),
+    ("RSS after loading keys", "rss_mb", val, "MiB", "lower", 0.33, None),
+    ("restart to healthy with those keys", "restart_ms", val, "ms", "lower", 0.2, None),
+]
+
+def fmt(x):
+    return f"{x:,.0f}" if x >= 100 else f"{x:.2f}"
+
+def cell(vals):
+    if not vals:
+        return "n/a", None
+    m = statistics.median(vals)
+    return (f"{fmt(m)} ({fmt(min(vals))}–{fmt(max(vals))})" if len(vals) > 1 else fmt(m)), m
+
+print("| row | unit | better | etcd median (min–max) | roster median (min–max) | roster/etcd | target | met |")
+print("|---|---|---|---|---|---|---|---|")
+for label, row, f, unit, better, target, absolute in table:
+    e, em = cell(get("etcd", row, f))
+    r, rm = cell(get("roster", row, f))
+    ratio = rm / em if em and rm is not None else None
+    if target is not None:
+        tgt = f"{'≥' if better == 'higher' else '≤'} {target}×"
+        met = ratio is not None and (ratio >= target if better == "higher" else ratio <= target)
+    elif absolute is not None:
+        tgt = f"≤ {absolute} {unit}"
+        met = rm is not None and rm <= absolute
+    else:
+        tgt, met = "–", None
+    print(f"| {label} | {unit} | {better} | {e} | {r} | "
+          f"{'n/a' if ratio is None else f'{ratio:.2f}×'} | {tgt} | "
+          f"{'–' if met is None else ('yes' if met else '**no**')} |")
+
+errs = [(r["server"], r["row"], r["round"], r["report"].get("errors", 0))
+        for r in rows if isinstance(r["report"].get("errors"), int) and r["report"]["errors"] > 0]
+print()
+print("Ceilings on this machine (no registry involved):")
+for row, what in [("noop-1", "no-op tonic unary, 1 client"),
+                  ("noop-100", "no-op tonic unary, 100 clients / 10 conns"),
+                  ("noop-1000", "no-op tonic unary, 1000 clients / 100 conns")]:
+    v = get("ceiling", row, rps)
+    l = get("ceiling", row, p99)
+    if v:
+        print(f"- {what}: {fmt(v[0])} req/s, p99 {l[0]:.2f} ms")
+fs = [r["report"] for r in rows if r["row"] == "fsync"]
+if fs:
+    lm = fs[0]["latency_ms"]
+    print(f"- fsync (fdatasync) of a 256-byte append: p50 {lm['p50']:.2f} ms, "
+          f"p99 {lm['p99']:.2f} ms ({fs[0]['rps']:,.0f} syncs/s from one writer)")
+if errs:
+    print()
+    print("Runs with errors (server, row, round, errors):", errs)
+PY
+echo "raw results: $raw" >&2
