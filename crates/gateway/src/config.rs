@@ -170,7 +170,8 @@ pub struct RouteConfig {
     #[serde(deserialize_with = "duration")]
     pub timeout: Duration,
     /// How many other instances an idempotent request with no body is
-    /// tried on when connecting fails (default 1).
+    /// tried on when a call fails before its answer: connecting failed, or
+    /// the connection broke (default 1).
     pub retries: u32,
     /// Optional active health checking of the service's instances.
     pub health_check: Option<HealthCheckConfig>,

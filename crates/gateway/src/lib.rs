@@ -8,11 +8,12 @@
 //! upstream connections are pooled and kept alive, hop-by-hop headers are
 //! dropped and `X-Forwarded-*` / `Forwarded` added, WebSocket upgrades pass
 //! through. Failing instances are ejected for a cool-down (passive health)
-//! and optionally probed (active health); a failed connect of an
-//! idempotent request is retried on another instance. When the gateway
-//! cannot serve, it says why in a short JSON answer (404, 502, 503, 504).
-//! The route table reloads from its file without touching connections, and
-//! an admin port serves Prometheus metrics.
+//! and optionally probed (active health); an idempotent request whose call
+//! failed before an answer (no connection, or a broken one) is retried on
+//! another instance. When the gateway cannot serve, it says why in a short
+//! JSON answer (404, 502, 503, 504). The route table reloads from its file
+//! without touching connections, and an admin port serves Prometheus
+//! metrics.
 //!
 //! ```no_run
 //! use roster_gateway::{Config, Gateway};

@@ -15,13 +15,18 @@
 //! are about the request) counts as a failure but is still passed to the
 //! client as the instance sent it.
 //!
-//! **Retries.** Only a failure to *connect* is retried, because only then
-//! is it certain that the instance saw nothing of the request; and only for
-//! idempotent methods (GET, HEAD, OPTIONS, PUT, DELETE, TRACE) whose body
-//! is empty, because a streamed body is consumed by the first attempt. A
-//! connection that breaks after sending is a 502, a missing answer within
-//! the route's `timeout` (one deadline for all attempts) a 504, neither
-//! retried.
+//! **Retries.** A request is retried on another instance only if its
+//! method is idempotent (GET, HEAD, OPTIONS, PUT, DELETE, TRACE) and its
+//! body is empty, because a streamed body is consumed by the first attempt;
+//! and only if the attempt failed before any response headers came back:
+//! the connection could not be made, or it broke (an instance killed with
+//! requests in flight, or a pooled keep-alive connection it had just
+//! closed). The instance may have seen the request in the second case, but
+//! repeating an idempotent request is what RFC 9110 §9.2.2 allows, and
+//! what keeps a crashed instance from failing every request it held. A
+//! broken connection is a 502 for any other request; a missing answer
+//! within the route's `timeout` (one deadline for all attempts) is a 504,
+//! never retried, since a slow instance is likely still working on it.
 //!
 //! The response's headers count towards latency (the histogram and p2c's
 //! average measure time to headers); its body then streams at the client's
@@ -159,8 +164,9 @@ fn finish(metrics: &RouteMetrics, access: Access, resp: Response<Body>) -> Respo
 }
 
 /// Sends the request to an instance of the route's service, retrying a
-/// failed connect elsewhere when that is safe; returns the answer and the
-/// address of the instance that gave it (or failed last).
+/// call that failed before its answer elsewhere when that is safe; returns
+/// the answer and the address of the instance that gave it (or failed
+/// last).
 async fn forward(
     shared: &Shared,
     route: &Route,
@@ -241,7 +247,9 @@ async fn forward(
             Ok(Err(e)) => {
                 tracing::debug!(route = %name, instance = %addr, error = %e, "upstream call failed");
                 report(shared, route, &id, &addr, pick, Err(ErrorKind::Protocol));
-                return (reply::bad_gateway(name, service, &addr), Some(addr));
+                if !retryable {
+                    return (reply::bad_gateway(name, service, &addr), Some(addr));
+                }
             }
             Err(_) => {
                 report(shared, route, &id, &addr, pick, Err(ErrorKind::Timeout));
