@@ -4,8 +4,11 @@
 //! the real etcd from the Debian `etcd-server` package. Both wait for the
 //! server's "ready to serve client requests" line, keep draining its output
 //! so it never blocks on a full pipe, and kill the process when dropped.
+//! [`procs`] does the same for `roster echo` and `roster gateway`, for the
+//! gateway's tests.
 #![allow(dead_code)]
 
+pub mod procs;
 pub mod proxy;
 
 use std::io::{BufRead, BufReader};
