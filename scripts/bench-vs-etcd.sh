@@ -114,9 +114,16 @@ stop() {
   wait "$pid" 2>/dev/null || true
 }
 
-# record ROUND SERVER ROW JSON: appends one tagged report to raw.jsonl.
+# record ROUND SERVER ROW JSON [SERVER_CPU_S]: appends one tagged report to
+# raw.jsonl.
 record() {
-  printf '{"round":%s,"server":"%s","row":"%s","report":%s}\n' "$1" "$2" "$3" "$4" >>"$raw"
+  printf '{"round":%s,"server":"%s","row":"%s","server_cpu_s":%s,"report":%s}\n' \
+    "$1" "$2" "$3" "${5:-null}" "$4" >>"$raw"
+}
+
+# cpu_ticks PID: user + system CPU the process has used, in 1/100 s.
+cpu_ticks() {
+  awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0
 }
 
 # run ROUND SERVER ROW ARGS...: one `roster bench` run, recorded. A run
@@ -124,12 +131,14 @@ record() {
 run() {
   local round="$1" server="$2" row="$3"; shift 3
   log "round $round $server: $row"
-  local json
+  local json c0 c1
+  c0=$(cpu_ticks "$pid")
   if json="$("$roster" bench "$@" --json)"; then :; else
     log "  $row failed against $server (recorded with its errors)"
   fi
+  c1=$(cpu_ticks "$pid")
   [ -n "$json" ] || json='{"count":0,"errors":1,"rps":0,"latency_ms":{}}'
-  record "$round" "$server" "$row" "$json"
+  record "$round" "$server" "$row" "$json" "$(awk -v a="$c0" -v b="$c1" 'BEGIN {print (b - a) / 100}')"
 }
 
 # value ROUND SERVER ROW NUMBER: records a bare measurement (RSS, restart).
@@ -192,25 +201,34 @@ ops_life() {
   echo "load before: $(uptime)"
 } | tee "$out/machine.txt"
 
-# The ceilings, once: the most a gRPC server here can answer, and the
-# latency of one durable small write on the disk the data lives on.
-RUST_LOG=warn "$roster" bench noop-server --listen "127.0.0.1:$noop_port" 2>>"$work/noop.log" &
-pid=$!
-pids+=("$pid")
-until grep -q "ready to serve" "$work/noop.log" 2>/dev/null; do sleep 0.05; done
-run 0 ceiling noop-1 noop --endpoints "127.0.0.1:$noop_port" --conns 1 --clients 1 --duration "$dur"
-run 0 ceiling noop-100 noop --endpoints "127.0.0.1:$noop_port" --conns 10 --clients 100 --duration "$dur"
-run 0 ceiling noop-1000 noop --endpoints "127.0.0.1:$noop_port" --conns 100 --clients 1000 --duration "$dur"
-stop
-run 0 ceiling fsync fsync --dir "$work" --total 1000
+# ceilings ROUND: the most a gRPC server here can answer, and the latency
+# of one durable small write on the disk the data lives on. Taken before
+# and after the rounds, since a shared machine's load drifts.
+ceilings() {
+  : >"$work/noop.log"
+  RUST_LOG=warn "$roster" bench noop-server --listen "127.0.0.1:$noop_port" 2>>"$work/noop.log" &
+  pid=$!
+  pids+=("$pid")
+  until grep -q "ready to serve" "$work/noop.log" 2>/dev/null; do sleep 0.05; done
+  run "$1" ceiling noop-1 noop --endpoints "127.0.0.1:$noop_port" --conns 1 --clients 1 --duration "$dur"
+  run "$1" ceiling noop-100 noop --endpoints "127.0.0.1:$noop_port" --conns 10 --clients 100 \
+    --duration "$dur"
+  run "$1" ceiling noop-1000 noop --endpoints "127.0.0.1:$noop_port" --conns 100 --clients 1000 \
+    --duration "$dur"
+  stop
+  run "$1" ceiling fsync fsync --dir "$work" --total 1000
+}
 
+ceilings 0
 for ((r = 1; r <= rounds; r++)); do
   for server in etcd roster; do
+    echo "load at round $r, $server: $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$out/machine.txt"
     data_life "$r" "$server"
     ops_life "$r" "$server"
   done
 done
 
+ceilings $((rounds + 1))
 echo "load after: $(uptime)" | tee -a "$out/machine.txt"
 python3 - "$raw" <<'PY' | tee "$out/table.md"
 import json, statistics, sys
@@ -285,13 +303,48 @@ for row, what in [("noop-1", "no-op tonic unary, 1 client"),
                   ("noop-1000", "no-op tonic unary, 1000 clients / 100 conns")]:
     v = get("ceiling", row, rps)
     l = get("ceiling", row, p99)
+    c = [r["server_cpu_s"] * 1e6 / r["report"]["count"] for r in rows
+         if r["server"] == "ceiling" and r["row"] == row and r["report"].get("count")]
     if v:
-        print(f"- {what}: {fmt(v[0])} req/s, p99 {l[0]:.2f} ms")
+        print(f"- {what}: {' / '.join(fmt(x) for x in v)} req/s (before / after the rounds), "
+              f"p99 {' / '.join(f'{x:.2f}' for x in l)} ms, "
+              f"server CPU {' / '.join(f'{x:.1f}' for x in c)} µs per call")
 fs = [r["report"] for r in rows if r["row"] == "fsync"]
-if fs:
-    lm = fs[0]["latency_ms"]
+for f in fs:
+    lm = f["latency_ms"]
     print(f"- fsync (fdatasync) of a 256-byte append: p50 {lm['p50']:.2f} ms, "
-          f"p99 {lm['p99']:.2f} ms ({fs[0]['rps']:,.0f} syncs/s from one writer)")
+          f"p99 {lm['p99']:.2f} ms ({f['rps']:,.0f} syncs/s from one writer)")
+print()
+print("Server CPU per operation (user + system CPU of the server process during")
+print("the run, divided by the operations it completed; lower is better), and")
+print("the cores the load generator itself used during the same runs:")
+print()
+print("| row | etcd µs/op | roster µs/op | roster/etcd | generator cores, etcd run | generator cores, roster run |")
+print("|---|---|---|---|---|---|")
+def cpu_per_op(r):
+    return r["server_cpu_s"] * 1e6 / r["report"]["count"]
+def gen_cores(r):
+    return r["report"]["client_cpu_s"] / r["report"]["duration_s"]
+def med(server, row, f):
+    vals = []
+    for r in rows:
+        if r["server"] == server and r["row"] == row:
+            try:
+                vals.append(f(r))
+            except (KeyError, TypeError, ZeroDivisionError):
+                pass
+    return statistics.median(vals) if vals else None
+seen = []
+for label, row, f, unit, better, target, absolute in table:
+    if f is not rps or row in seen:
+        continue
+    seen.append(row)
+    e, r = med("etcd", row, cpu_per_op), med("roster", row, cpu_per_op)
+    ge, gr = med("etcd", row, gen_cores), med("roster", row, gen_cores)
+    ratio = f"{r / e:.2f}×" if e and r is not None else "n/a"
+    show = lambda x, d=1: "n/a" if x is None else f"{x:.{d}f}"
+    print(f"| {label} | {show(e)} | {show(r)} | {ratio} | {show(ge, 2)} | {show(gr, 2)} |")
+
 if errs:
     print()
     print("Runs with errors (server, row, round, errors):", errs)

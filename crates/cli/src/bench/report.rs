@@ -69,6 +69,20 @@ impl Recorder {
     }
 }
 
+/// CPU time (user + system) this process has used so far, from
+/// `/proc/self/stat` in Linux's fixed 100 ticks per second; `None` where
+/// there is no procfs. On a small machine the load generator's own CPU is
+/// taken from the server's, so the report says how much it used.
+fn process_cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name, which is in parentheses and may hold
+    // spaces: state is the first, utime the 12th, stime the 13th.
+    let rest = stat.rsplit_once(')')?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    Some(ticks as f64 / 100.0)
+}
+
 /// Nanoseconds to milliseconds.
 fn ms(ns: u64) -> f64 {
     ns as f64 / 1e6
@@ -161,6 +175,7 @@ impl Report {
             },
             "histogram": buckets,
             "extra": self.extra,
+            "client_cpu_s": process_cpu_seconds(),
         })
     }
 
