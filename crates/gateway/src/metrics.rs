@@ -5,6 +5,8 @@
 //! | `roster_gateway_requests_total` | `route`, `code` (`2xx`…`5xx`) | requests answered, by status class |
 //! | `roster_gateway_request_duration_seconds` | `route` | time to the response headers (histogram) |
 //! | `roster_gateway_response_bytes_total` | `route` | response body bytes sent |
+//! | `roster_gateway_upstream_responses_total` | `route`, `instance`, `code` | answers from each instance, by status class |
+//! | `roster_gateway_upstream_duration_seconds` | `route`, `instance` | each instance's time to response headers (histogram) |
 //! | `roster_gateway_upstream_errors_total` | `route`, `instance`, `kind` | failed calls to an instance: `connect`, `timeout`, `protocol` (broke after sending) or `status_5xx` |
 //! | `roster_gateway_ejections_total` | `service`, `instance` | passive ejections |
 //! | `roster_gateway_requests_in_flight` | | requests waiting for response headers |
@@ -16,10 +18,16 @@
 //!
 //! Each route looks its series up once, when its table is built
 //! ([`RouteMetrics`]), so counting a request is a few atomic additions and
-//! the histogram's short lock, with no label to allocate or hash. A route's
+//! the histogram's short lock, with no label to allocate or hash; an
+//! instance's series are looked up once per route and kept in a small map
+//! read under a shared lock. A route's
 //! series appear at zero as soon as the route exists, which is what
 //! Prometheus' `rate()` wants.
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use parking_lot::RwLock;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -39,6 +47,19 @@ struct RouteCode {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RouteLabel {
     route: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteInstance {
+    route: String,
+    instance: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteInstanceCode {
+    route: String,
+    instance: String,
+    code: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -84,6 +105,8 @@ pub struct Metrics {
     requests: Family<RouteCode, Counter>,
     duration: Family<RouteLabel, Histogram>,
     bytes: Family<RouteLabel, Counter>,
+    upstream_responses: Family<RouteInstanceCode, Counter>,
+    upstream_duration: Family<RouteInstance, Histogram>,
     upstream_errors: Family<UpstreamError, Counter>,
     ejections: Family<ServiceInstance, Counter>,
     in_flight: Gauge,
@@ -105,6 +128,10 @@ impl Metrics {
             Histogram::new(exponential_buckets(0.001, 2.0, 16))
         });
         let bytes = Family::<RouteLabel, Counter>::default();
+        let upstream_responses = Family::<RouteInstanceCode, Counter>::default();
+        let upstream_duration = Family::<RouteInstance, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.001, 2.0, 16))
+        });
         let upstream_errors = Family::<UpstreamError, Counter>::default();
         let ejections = Family::<ServiceInstance, Counter>::default();
         let in_flight = Gauge::default();
@@ -122,6 +149,16 @@ impl Metrics {
             "response_bytes",
             "Response body bytes sent, by route",
             bytes.clone(),
+        );
+        registry.register(
+            "upstream_responses",
+            "Answers from instances, by route, instance address and status class",
+            upstream_responses.clone(),
+        );
+        registry.register(
+            "upstream_duration_seconds",
+            "Time from sending to an instance to its response headers, by route and instance",
+            upstream_duration.clone(),
         );
         registry.register(
             "upstream_errors",
@@ -143,6 +180,8 @@ impl Metrics {
             requests,
             duration,
             bytes,
+            upstream_responses,
+            upstream_duration,
             upstream_errors,
             ejections,
             in_flight,
@@ -165,6 +204,12 @@ impl Metrics {
             requests,
             duration: self.duration.get_or_create_owned(&label),
             bytes: self.bytes.get_or_create_owned(&label),
+            instances: Arc::new(InstanceSeries {
+                route: route.to_string(),
+                responses: self.upstream_responses.clone(),
+                duration: self.upstream_duration.clone(),
+                known: RwLock::new(HashMap::new()),
+            }),
         }
     }
 
@@ -210,6 +255,38 @@ pub struct RouteMetrics {
     requests: [Counter; 5],
     duration: Histogram,
     bytes: Counter,
+    instances: Arc<InstanceSeries>,
+}
+
+/// The per-instance series of one route, created on an instance's first
+/// answer and kept for the life of the route's table.
+struct InstanceSeries {
+    route: String,
+    responses: Family<RouteInstanceCode, Counter>,
+    duration: Family<RouteInstance, Histogram>,
+    known: RwLock<HashMap<String, ([Counter; 5], Histogram)>>,
+}
+
+impl InstanceSeries {
+    fn series(&self, instance: &str) -> ([Counter; 5], Histogram) {
+        if let Some(s) = self.known.read().get(instance) {
+            return s.clone();
+        }
+        let codes = ["1xx", "2xx", "3xx", "4xx", "5xx"].map(|code| {
+            self.responses.get_or_create_owned(&RouteInstanceCode {
+                route: self.route.clone(),
+                instance: instance.to_string(),
+                code: code.to_string(),
+            })
+        });
+        let duration = self.duration.get_or_create_owned(&RouteInstance {
+            route: self.route.clone(),
+            instance: instance.to_string(),
+        });
+        let s = (codes, duration);
+        self.known.write().insert(instance.to_string(), s.clone());
+        s
+    }
 }
 
 impl RouteMetrics {
@@ -218,6 +295,14 @@ impl RouteMetrics {
         let class = usize::from(status / 100).clamp(1, 5) - 1;
         self.requests[class].inc();
         self.duration.observe(seconds);
+    }
+
+    /// Counts an instance's answer and its time to headers.
+    pub fn upstream_response(&self, instance: &str, status: u16, seconds: f64) {
+        let (codes, duration) = self.instances.series(instance);
+        let class = usize::from(status / 100).clamp(1, 5) - 1;
+        codes[class].inc();
+        duration.observe(seconds);
     }
 
     /// Counts response body bytes.
@@ -249,6 +334,8 @@ mod tests {
         m.upstream_error("/api", "127.0.0.1:9", ErrorKind::Connect);
         m.ejection("web", "127.0.0.1:9");
         api.response_bytes(42);
+        api.upstream_response("127.0.0.1:8", 200, 0.002);
+        api.upstream_response("127.0.0.1:8", 500, 0.002);
         let guard = m.in_flight();
         let text = m.encode();
         drop(guard);
@@ -260,6 +347,9 @@ mod tests {
             "roster_gateway_upstream_errors_total{route=\"/api\",instance=\"127.0.0.1:9\",kind=\"connect\"} 1",
             "roster_gateway_ejections_total{service=\"web\",instance=\"127.0.0.1:9\"} 1",
             "roster_gateway_response_bytes_total{route=\"/api\"} 42",
+            "roster_gateway_upstream_responses_total{route=\"/api\",instance=\"127.0.0.1:8\",code=\"2xx\"} 1",
+            "roster_gateway_upstream_responses_total{route=\"/api\",instance=\"127.0.0.1:8\",code=\"5xx\"} 1",
+            "roster_gateway_upstream_duration_seconds_count{route=\"/api\",instance=\"127.0.0.1:8\"} 2",
             "roster_gateway_requests_in_flight 1",
         ] {
             assert!(text.contains(want), "missing {want} in\n{text}");

@@ -225,8 +225,13 @@ async fn forward(
         *up.uri_mut() = uri;
         *up.version_mut() = Version::HTTP_11;
         *up.headers_mut() = headers;
+        let sent = Instant::now();
         match tokio::time::timeout_at(deadline, shared.client.request(up)).await {
             Ok(Ok(resp)) => {
+                let took = sent.elapsed().as_secs_f64();
+                route
+                    .metrics
+                    .upstream_response(&addr, resp.status().as_u16(), took);
                 let result = match instance_failed(resp.status()) {
                     true => Err(ErrorKind::Status5xx),
                     false => Ok(()),
