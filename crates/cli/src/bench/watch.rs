@@ -165,6 +165,11 @@ pub async fn run(a: WatchArgs) -> Result<(), String> {
     p.insert("streams".into(), json!(streams));
     let chans = a.common.channels().await?;
     if a.mode == "create" {
+        // Creation runs one creation at a time per stream, as many as
+        // --watchers: the putters' flags do not apply.
+        p.remove("clients");
+        p.remove("total");
+        p.remove("duration_s");
         create(a, chans, streams, p).await
     } else {
         deliver(a, chans, streams, p).await
