@@ -17,7 +17,7 @@ use roster_proto::etcdserverpb::watch_server::WatchServer;
 use roster_proto::v3electionpb::election_server::ElectionServer;
 use roster_proto::v3lockpb::lock_server::LockServer;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 use tonic::transport::Server;
 
 use crate::config::GRPC_OVERHEAD_BYTES;
@@ -89,12 +89,13 @@ pub async fn serve(
                     .max_decoding_message_size(limit),
             );
         let mut rx = stop_rx.clone();
-        servers.spawn(router.serve_with_incoming_shutdown(
-            TcpListenerStream::new(listener),
-            async move {
-                let _ = rx.wait_for(|stop| *stop).await;
-            },
-        ));
+        // Without TCP_NODELAY a small response written after a small
+        // request waits for the peer's delayed ACK (40 ms on Linux): that
+        // is what a watch event or a keepalive answer is.
+        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+        servers.spawn(router.serve_with_incoming_shutdown(incoming, async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        }));
     }
 
     let mut background = tokio::task::JoinSet::new();
