@@ -35,6 +35,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::discovery::{ids, until};
 use common::{Etcd, Roster, Server};
 use roster_client::balance::{
     Balancer, Clock, ConsistentHash, P2c, Pick, Random, RoundRobin, SmoothWeightedRoundRobin,
@@ -59,26 +60,6 @@ async fn register(registry: &Registry, service: &str, id: &str, weight: u32) -> 
         .ttl(10)
         .await
         .unwrap_or_else(|e| panic!("register {id}: {e}"))
-}
-
-/// Waits until the discovered set satisfies `ok`.
-async fn until(d: &Discovery, what: &str, ok: impl Fn(&[Instance]) -> bool) {
-    let mut updates = d.updates();
-    let wait = async {
-        loop {
-            if ok(&updates.borrow_and_update()) {
-                return;
-            }
-            updates.changed().await.expect("discovery alive");
-        }
-    };
-    timeout(WAIT, wait)
-        .await
-        .unwrap_or_else(|_| panic!("{what}: still {:?}", d.instances()));
-}
-
-fn ids(instances: &[Instance]) -> Vec<&str> {
-    instances.iter().map(|i| i.id.as_str()).collect()
 }
 
 /// `(id, weight)` of each instance, in list order.

@@ -12,11 +12,10 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use common::discovery::{ids, until};
 use common::proxy::Proxy;
 use common::{Etcd, Roster, Server};
-use roster_client::{
-    Change, Client, Discovery, Instance, Registry, WatchSpec, WatchUpdate, Watcher,
-};
+use roster_client::{Change, Client, Registry, WatchSpec, WatchUpdate, Watcher};
 use roster_proto::etcdserverpb::{CompactionRequest, PutRequest};
 use roster_proto::mvccpb::event::EventType;
 use tokio::sync::broadcast;
@@ -154,26 +153,6 @@ async fn watch_reports_compaction_on_roster() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_reports_compaction_on_etcd() {
     watch_reports_compaction(Server::Etcd(Etcd::start())).await;
-}
-
-fn ids(instances: &[Instance]) -> Vec<&str> {
-    instances.iter().map(|i| i.id.as_str()).collect()
-}
-
-/// Waits until the discovered set satisfies `ok`.
-async fn until(d: &Discovery, what: &str, ok: impl Fn(&[Instance]) -> bool) {
-    let mut updates = d.updates();
-    let wait = async {
-        loop {
-            if ok(&updates.borrow_and_update()) {
-                return;
-            }
-            updates.changed().await.expect("discovery alive");
-        }
-    };
-    timeout(WAIT, wait)
-        .await
-        .unwrap_or_else(|_| panic!("{what}: still {:?}", d.instances()));
 }
 
 /// The next `n` changes, as `(kind, id, addr)`; none may repeat.

@@ -6,8 +6,9 @@ mod common;
 
 use std::time::Duration;
 
+use common::discovery::{ids, until};
 use common::{Etcd, Roster, Server};
-use roster_client::{Change, Client, Discovery, Instance, RegistrationEvent, Registry};
+use roster_client::{Change, Client, RegistrationEvent, Registry};
 use roster_proto::etcdserverpb::{
     DeleteRangeRequest, LeaseRevokeRequest, PutRequest, RangeRequest,
 };
@@ -35,26 +36,6 @@ async fn next_event(rx: &mut broadcast::Receiver<RegistrationEvent>) -> Registra
         .await
         .expect("an event in time")
         .expect("events open")
-}
-
-/// Waits until the discovered set satisfies `ok`.
-async fn until(d: &Discovery, what: &str, ok: impl Fn(&[Instance]) -> bool) {
-    let mut updates = d.updates();
-    let wait = async {
-        loop {
-            if ok(&updates.borrow_and_update()) {
-                return;
-            }
-            updates.changed().await.expect("discovery alive");
-        }
-    };
-    timeout(WAIT, wait)
-        .await
-        .unwrap_or_else(|_| panic!("{what}: still {:?}", d.instances()));
-}
-
-fn ids(instances: &[Instance]) -> Vec<&str> {
-    instances.iter().map(|i| i.id.as_str()).collect()
 }
 
 async fn cycle(server: Server) {

@@ -12,13 +12,14 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc as std_mpsc;
 use std::time::{Duration, Instant};
 
+use common::discovery::until;
 use common::Roster;
 use http_body_util::{BodyExt, Empty, StreamBody};
 use hyper::body::{Bytes, Frame, Incoming};
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use roster_client::{Client, Discovery, Instance, Registry};
+use roster_client::{Client, Instance, Registry};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -171,22 +172,6 @@ fn json(body: &[u8]) -> Value {
 
 fn registry(roster: &Roster) -> Registry {
     Registry::new(Client::connect([roster.endpoint.as_str()]).expect("client"))
-}
-
-/// Waits until the discovered set satisfies `ok`.
-async fn until(d: &Discovery, what: &str, ok: impl Fn(&[Instance]) -> bool) {
-    let mut updates = d.updates();
-    let wait = async {
-        loop {
-            if ok(&updates.borrow_and_update()) {
-                return;
-            }
-            updates.changed().await.expect("discovery alive");
-        }
-    };
-    timeout(WAIT, wait)
-        .await
-        .unwrap_or_else(|_| panic!("{what}: still {:?}", d.instances()));
 }
 
 fn has(instances: &[Instance], id: &str) -> bool {

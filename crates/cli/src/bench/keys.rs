@@ -102,19 +102,6 @@ impl KeyGen {
     }
 }
 
-/// The key just past every key starting with `prefix` (etcd's prefix end).
-pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return end;
-        }
-    }
-    // All 0xff: the range runs to the end of the key space.
-    vec![0]
-}
-
 /// splitmix64: a small, fast, well-mixed generator; not for secrets.
 #[derive(Debug, Clone)]
 pub struct Rng(u64);
@@ -171,13 +158,6 @@ mod tests {
         assert_eq!(p, b"/b/00123");
         assert!(g.key_at(12_300).starts_with(&p) && g.key_at(12_399).starts_with(&p));
         assert!(!g.key_at(12_400).starts_with(&p));
-    }
-
-    #[test]
-    fn prefix_end_is_etcds() {
-        assert_eq!(prefix_end(b"a/"), b"a0");
-        assert_eq!(prefix_end(b"a\xff"), b"b");
-        assert_eq!(prefix_end(b"\xff\xff"), b"\0");
     }
 
     #[test]

@@ -20,7 +20,9 @@ use serde_json::{json, Map};
 use tonic::transport::Channel;
 
 use super::driver::{drive, status_text, Stop, Worker};
-use super::keys::{prefix_end, KeyArgs, KeyGen, Rng};
+use roster_client::watch::prefix_end;
+
+use super::keys::{KeyArgs, KeyGen, Rng};
 use super::report::Recorder;
 use super::{emit, finish, Common};
 

@@ -8,6 +8,7 @@
 //! gateway's tests.
 #![allow(dead_code)]
 
+pub mod discovery;
 pub mod procs;
 pub mod proxy;
 
