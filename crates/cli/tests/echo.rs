@@ -13,6 +13,7 @@ use std::sync::mpsc as std_mpsc;
 use std::time::{Duration, Instant};
 
 use common::discovery::until;
+use common::wire::{assert_echoes_raw, chunk_arrivals, read_head};
 use common::Roster;
 use http_body_util::{BodyExt, Empty, StreamBody};
 use hyper::body::{Bytes, Frame, Incoming};
@@ -21,7 +22,7 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use roster_client::{Client, Instance, Registry};
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 
@@ -264,22 +265,8 @@ async fn streams_chunks_as_they_are_produced() {
         .expect("headers in time")
         .expect("headers");
     assert_eq!(response.status(), StatusCode::OK);
-    let mut body = response.into_body();
     // When each chunk's letter was first seen, and how many bytes came.
-    let mut seen: Vec<(u8, Instant)> = Vec::new();
-    let mut total = 0;
-    while let Some(frame) = timeout(WAIT, body.frame()).await.expect("a frame in time") {
-        let frame = frame.expect("frame");
-        let Some(data) = frame.data_ref() else {
-            continue;
-        };
-        total += data.len();
-        for &b in data.iter() {
-            if seen.last().is_none_or(|&(l, _)| l != b) {
-                seen.push((b, Instant::now()));
-            }
-        }
-    }
+    let (seen, total) = chunk_arrivals(response.into_body(), Instant::now()).await;
     assert_eq!(total, 5000);
     let letters: Vec<u8> = seen.iter().map(|&(l, _)| l).collect();
     assert_eq!(letters, b"abcde");
@@ -341,40 +328,16 @@ async fn upgrade_echoes_raw_bytes() {
         .write_all(b"GET /ws HTTP/1.1\r\nHost: echo.test\r\nConnection: keep-alive, Upgrade\r\nUpgrade: test-echo\r\n\r\n")
         .await
         .expect("write request");
-    let mut head = Vec::new();
-    while !head.ends_with(b"\r\n\r\n") {
-        let mut byte = [0u8; 1];
-        let n = timeout(WAIT, stream.read(&mut byte))
-            .await
-            .expect("head in time")
-            .expect("read head");
-        assert_eq!(n, 1, "closed after {:?}", String::from_utf8_lossy(&head));
-        head.push(byte[0]);
-    }
-    let head = String::from_utf8_lossy(&head).to_lowercase();
+    let head = read_head(&mut stream).await;
     assert!(head.starts_with("http/1.1 101"), "{head}");
     assert!(head.contains("upgrade: test-echo"), "{head}");
 
-    for message in [
+    let messages: [&[u8]; 3] = [
         &b"hello"[..],
         &[0u8, 255, 13, 10, 0][..],
         &[b'x'; 100_000][..],
-    ] {
-        stream.write_all(message).await.expect("write");
-        let mut back = vec![0u8; message.len()];
-        timeout(WAIT, stream.read_exact(&mut back))
-            .await
-            .expect("echo in time")
-            .expect("read echo");
-        assert_eq!(back, message);
-    }
-    stream.shutdown().await.expect("shutdown");
-    let mut rest = Vec::new();
-    timeout(WAIT, stream.read_to_end(&mut rest))
-        .await
-        .expect("closed in time")
-        .expect("read to end");
-    assert!(rest.is_empty());
+    ];
+    assert_echoes_raw(&mut stream, &messages).await;
 
     // Without the upgrade headers, /ws says what it wants.
     let mut conn = connect(echo.addr).await;

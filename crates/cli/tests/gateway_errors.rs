@@ -26,6 +26,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::procs::{call, empty, full, get, Body, Conn, Echo, Gateway, WAIT};
+use common::wire::chunk_arrivals;
 use common::Roster;
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Bytes, Frame};
@@ -347,22 +348,8 @@ async fn a_slow_response_arrives_as_it_is_produced() {
         .expect("headers in time")
         .expect("headers");
     assert_eq!(response.status(), StatusCode::OK);
-    let mut body = response.into_body();
     // When each chunk's letter was first seen, and how many bytes came.
-    let mut seen: Vec<(u8, Duration)> = Vec::new();
-    let mut total = 0;
-    while let Some(frame) = timeout(WAIT, body.frame()).await.expect("a frame in time") {
-        let frame = frame.expect("frame");
-        let Some(data) = frame.data_ref() else {
-            continue;
-        };
-        total += data.len();
-        for &b in data.iter() {
-            if seen.last().is_none_or(|&(l, _)| l != b) {
-                seen.push((b, started.elapsed()));
-            }
-        }
-    }
+    let (seen, total) = chunk_arrivals(response.into_body(), started).await;
     println!("chunks arrived at {seen:?}");
     assert_eq!(total, 5000);
     let letters: Vec<u8> = seen.iter().map(|&(l, _)| l).collect();

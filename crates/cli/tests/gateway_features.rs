@@ -15,10 +15,11 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::procs::{call, empty, sample, Conn, Echo, Gateway, WAIT};
+use common::wire::{assert_echoes_raw, read_head};
 use common::Roster;
 use hyper::{Request, StatusCode};
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 
@@ -176,22 +177,6 @@ async fn routes_by_host_and_longest_prefix_and_strips_the_prefix() {
     }
 }
 
-/// Reads an HTTP response head, byte by byte so that nothing after it is
-/// consumed.
-async fn read_head(stream: &mut TcpStream) -> String {
-    let mut head = Vec::new();
-    while !head.ends_with(b"\r\n\r\n") {
-        let mut byte = [0u8; 1];
-        let n = timeout(WAIT, stream.read(&mut byte))
-            .await
-            .expect("head in time")
-            .expect("read head");
-        assert_eq!(n, 1, "closed after {:?}", String::from_utf8_lossy(&head));
-        head.push(byte[0]);
-    }
-    String::from_utf8_lossy(&head).to_lowercase()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upgrades_pass_through_as_raw_bytes() {
     let roster = Roster::start();
@@ -214,28 +199,14 @@ async fn upgrades_pass_through_as_raw_bytes() {
 
     // From here on the gateway splices bytes both ways, whatever they are:
     // no HTTP framing, nothing buffered until a size is reached.
-    for message in [
+    let messages: [&[u8]; 4] = [
         &b"hello"[..],
         &[0u8, 255, 13, 10, 0][..],
         &b"GET / HTTP/1.1\r\n\r\n"[..],
         &[b'x'; 100_000][..],
-    ] {
-        stream.write_all(message).await.expect("write");
-        let mut back = vec![0u8; message.len()];
-        timeout(WAIT, stream.read_exact(&mut back))
-            .await
-            .expect("echo in time")
-            .expect("read echo");
-        assert_eq!(back, message);
-    }
-    // A half-close travels through: the echo sees the end and closes too.
-    stream.shutdown().await.expect("shutdown");
-    let mut rest = Vec::new();
-    timeout(WAIT, stream.read_to_end(&mut rest))
-        .await
-        .expect("closed in time")
-        .expect("read to end");
-    assert!(rest.is_empty());
+    ];
+    // A half-close travels through too: the echo sees the end and closes.
+    assert_echoes_raw(&mut stream, &messages).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

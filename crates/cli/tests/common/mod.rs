@@ -11,6 +11,7 @@
 pub mod discovery;
 pub mod procs;
 pub mod proxy;
+pub mod wire;
 
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
