@@ -183,3 +183,59 @@ fn a_failing_run_reports_errors_and_exits_non_zero() {
         "{r}"
     );
 }
+
+#[test]
+fn hold_scenarios_keep_every_watcher_and_lease() {
+    let server = Roster::start();
+    let ep = server.endpoint.as_str();
+    let r = bench(&[
+        "hold-watchers",
+        "--endpoints",
+        ep,
+        "--watchers",
+        "300",
+        "--streams",
+        "10",
+        "--conns",
+        "2",
+        "--hold",
+        "1s",
+    ]);
+    check(&r, "hold-watchers", 300);
+    assert_eq!(r["extra"]["messages_during_hold"], 0, "{r}");
+
+    // TTL 3: each lease is renewed every second, so about once per lease
+    // per second of the hold.
+    let r = bench(&[
+        "hold-leases",
+        "--endpoints",
+        ep,
+        "--leases",
+        "200",
+        "--streams",
+        "4",
+        "--clients",
+        "8",
+        "--conns",
+        "2",
+        "--ttl",
+        "3",
+        "--hold",
+        "2s",
+    ]);
+    assert_eq!(r["scenario"], "hold-leases", "{r}");
+    assert_eq!(r["errors"], 0, "{r}");
+    let e = &r["extra"];
+    assert_eq!(
+        (e["granted"].as_u64(), e["revoked"].as_u64()),
+        (Some(200), Some(200)),
+        "{r}"
+    );
+    assert_eq!(
+        (e["lost_leases"].as_u64(), e["unanswered"].as_u64()),
+        (Some(0), Some(0)),
+        "{r}"
+    );
+    let answered = r["count"].as_u64().unwrap();
+    assert!((300..=500).contains(&answered), "{r}");
+}

@@ -27,7 +27,7 @@
 //! Layout: [`driver`] runs closed-loop clients and shows progress,
 //! [`report`] records and prints, [`keys`] makes keys and values, and one
 //! file per scenario group ([`kv`], [`lease`], [`watch`], [`registry`],
-//! [`ceiling`]).
+//! [`ceiling`], [`scale`]).
 
 mod ceiling;
 mod driver;
@@ -36,6 +36,7 @@ mod kv;
 mod lease;
 mod registry;
 mod report;
+mod scale;
 mod watch;
 
 use std::time::Duration;
@@ -71,6 +72,10 @@ enum Scenario {
     Register(registry::RegisterArgs),
     /// Time from a registration to its visibility in N discovering clients.
     Discover(registry::DiscoverArgs),
+    /// Create N watchers on distinct keys and hold them open.
+    HoldWatchers(scale::HoldWatchersArgs),
+    /// Grant N leases and keep them all alive with keepalives every ttl/3.
+    HoldLeases(scale::HoldLeasesArgs),
     /// Maintenance.Status calls: against `noop-server`, the gRPC ceiling.
     Noop(ceiling::NoopArgs),
     /// Serve a Maintenance.Status that does no work, for `noop`.
@@ -196,6 +201,8 @@ pub fn run(args: BenchArgs) -> Result<(), String> {
             Scenario::Watch(a) => watch::run(a).await,
             Scenario::Register(a) => registry::register(a).await,
             Scenario::Discover(a) => registry::discover(a).await,
+            Scenario::HoldWatchers(a) => scale::hold_watchers(a).await,
+            Scenario::HoldLeases(a) => scale::hold_leases(a).await,
             Scenario::Noop(a) => ceiling::noop(a).await,
             Scenario::Ready(a) => ceiling::ready(a).await,
             Scenario::Fsync(_) | Scenario::NoopServer(_) => unreachable!("handled above"),

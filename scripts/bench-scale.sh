@@ -1,0 +1,264 @@
+#!/usr/bin/env bash
+# 100k watchers and 100k kept-alive leases on one node, Roster and etcd 3.4:
+# memory per watcher, memory per lease and server CPU per keepalive.
+#
+#   scripts/bench-scale.sh [--quick] [--rounds N] [--out DIR] [--no-build]
+#
+# --quick    10k watchers and leases with short holds: a smoke run of about a
+#            minute. The full run takes about 5 minutes per round.
+# --rounds   rounds of roster, etcd (default 1); cells are medians.
+# --out      where raw results go (default bench/results/<UTC time>-scale);
+#            raw.jsonl holds every measurement, timeline.tsv the server's
+#            CPU and RSS each second of every hold, table.md the table.
+# --no-build use the existing target/release/roster.
+#
+# Each server runs on free loopback ports with a fresh data directory, one
+# at a time, and gets two fresh lives per round:
+#   watchers: VmRSS once it answers, then `roster bench hold-watchers`
+#             (N watchers on N distinct keys, 1000 streams over 10
+#             connections); VmRSS at the end of the hold. Memory per
+#             watcher = (RSS holding - RSS before) / N; it includes the
+#             streams' and connections' share.
+#   leases:   VmRSS once it answers, then `roster bench hold-leases` (N
+#             leases of TTL 30 s, each renewed every 10 s over 100 streams
+#             on 10 connections). Server CPU (utime + stime from
+#             /proc/PID/stat) over the hold, which begins once every lease
+#             is granted, divided by the keepalives answered in it.
+# The bench prints "holding" and "hold over" on stderr; the script reads
+# /proc when it sees them (polling every 20 ms), so its window matches the
+# bench's to within a few tens of milliseconds. The load generator shares
+# the machine with the server, identically for both; the load average is
+# kept with the results.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+quick=0
+rounds=1
+out=""
+build=1
+while (($#)); do
+  case "$1" in
+    --quick) quick=1 ;;
+    --rounds) rounds="$2"; shift ;;
+    --out) out="$2"; shift ;;
+    --no-build) build=0 ;;
+    *) echo "usage: $0 [--quick] [--rounds N] [--out DIR] [--no-build]" >&2; exit 2 ;;
+  esac
+  shift
+done
+
+if ((quick)); then
+  n=10000; watch_hold=5s; lease_hold=10s
+else
+  n=100000; watch_hold=20s; lease_hold=30s
+fi
+ttl=30
+
+for cmd in etcd python3; do
+  command -v "$cmd" >/dev/null 2>&1 || { echo "bench-scale: $cmd is needed" >&2; exit 1; }
+done
+if ((build)); then
+  cargo build --release -p roster
+fi
+roster="$PWD/target/release/roster"
+[ -x "$roster" ] || { echo "no $roster: build it or drop --no-build" >&2; exit 1; }
+
+out="${out:-bench/results/$(date -u +%Y%m%dT%H%M%SZ)-scale}"
+mkdir -p "$out"
+raw="$out/raw.jsonl"
+timeline="$out/timeline.tsv"
+: >"$raw"
+printf 'round\tserver\tlife\tms_into_hold\tcpu_ticks\trss_kb\n' >"$timeline"
+work="$(mktemp -d /tmp/roster-scale.XXXXXX)"
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  cp "$work"/*.log "$out/" 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+log() { echo "[$(date +%H:%M:%S)] $*" >&2; }
+
+free_port() {
+  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# start SERVER DATA_DIR: starts the server on fresh free ports, sets $pid
+# and $ep.
+start() {
+  local server="$1" dir="$2" port peer
+  port=$(free_port)
+  ep="127.0.0.1:$port"
+  case "$server" in
+    etcd)
+      peer=$(free_port)
+      etcd --name default --data-dir "$dir" \
+        --listen-client-urls "http://$ep" --advertise-client-urls "http://$ep" \
+        --listen-peer-urls "http://127.0.0.1:$peer" \
+        --initial-advertise-peer-urls "http://127.0.0.1:$peer" \
+        --initial-cluster "default=http://127.0.0.1:$peer" \
+        >>"$work/$server.log" 2>&1 &
+      ;;
+    roster)
+      RUST_LOG=warn "$roster" serve --data-dir "$dir" \
+        --listen-client-urls "http://$ep" >>"$work/$server.log" 2>&1 &
+      ;;
+  esac
+  pid=$!
+  pids+=("$pid")
+  "$roster" bench ready --endpoints "$ep" --timeout 60s >/dev/null
+}
+
+stop() {
+  kill -9 "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+}
+
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
+
+# hold ROUND SERVER LIFE ARGS...: runs `roster bench ARGS --json` against
+# the running server and records RSS before, RSS at the end of the hold,
+# and the server's CPU over the hold.
+hold() {
+  local round="$1" server="$2" life="$3"; shift 3
+  local err="$work/bench-$server-$life-$round.log" json="$work/report.json"
+  : >"$err"
+  # Let start-up work (etcd's first snapshot, allocator warm-up) settle.
+  sleep 2
+  local rss0 bpid c0 c1 t0 t1 now next rss1 load
+  rss0=$(rss_kb "$pid")
+  load=$(cut -d' ' -f1-3 /proc/loadavg)
+  log "round $round $server: $life (RSS before $((rss0 / 1024)) MiB, load $load)"
+  "$roster" bench "$@" --endpoints "$ep" --json >"$json" 2>"$err" &
+  bpid=$!
+  pids+=("$bpid")
+  until grep -q "holding" "$err"; do
+    kill -0 "$bpid" 2>/dev/null || break
+    sleep 0.02
+  done
+  c0=$(cpu_ticks "$pid")
+  t0=$(date +%s%N)
+  log "  $(grep -m1 holding "$err" || echo "bench ended before the hold")"
+  next=$t0
+  while ! grep -q "hold over" "$err" && kill -0 "$bpid" 2>/dev/null; do
+    now=$(date +%s%N)
+    if ((now >= next)); then
+      printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$server" "$life" "$(((now - t0) / 1000000))" \
+        "$(cpu_ticks "$pid")" "$(rss_kb "$pid")" >>"$timeline"
+      next=$((next + 1000000000))
+    fi
+    sleep 0.02
+  done
+  c1=$(cpu_ticks "$pid")
+  t1=$(date +%s%N)
+  rss1=$(rss_kb "$pid")
+  local rc=0
+  wait "$bpid" || rc=$?
+  if ((rc != 0)); then
+    log "  roster bench $1 exited with $rc against $server: $(tail -1 "$err")"
+  fi
+  local report
+  report=$(cat "$json")
+  [ -n "$report" ] || report=null
+  printf '{"round":%s,"server":"%s","life":"%s","n":%s,"rss_before_kb":%s,"rss_hold_kb":%s,"cpu_s":%s,"window_s":%s,"exit":%s,"load":"%s","report":%s}\n' \
+    "$round" "$server" "$life" "$n" "$rss0" "$rss1" \
+    "$(awk -v a="$c0" -v b="$c1" 'BEGIN {print (b - a) / 100}')" \
+    "$(awk -v a="$t0" -v b="$t1" 'BEGIN {print (b - a) / 1e9}')" \
+    "$rc" "$load" "$report" >>"$raw"
+}
+
+{
+  echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+  echo "command: $0 $([ $quick = 1 ] && echo --quick) --rounds $rounds"
+  echo "roster: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet 2>/dev/null || echo ' (dirty tree)')"
+  echo "etcd: $(etcd --version | head -1)"
+  echo "cpu: $(nproc) x $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')"
+  echo "n: $n watchers / leases; watch hold $watch_hold, lease hold $lease_hold, ttl $ttl s"
+  echo "load before: $(uptime)"
+} | tee "$out/machine.txt"
+
+for ((r = 1; r <= rounds; r++)); do
+  for server in roster etcd; do
+    start "$server" "$work/$server-watch-$r"
+    hold "$r" "$server" watchers hold-watchers --watchers "$n" --streams 1000 --conns 10 \
+      --hold "$watch_hold"
+    stop
+    start "$server" "$work/$server-lease-$r"
+    hold "$r" "$server" leases hold-leases --leases "$n" --streams 100 --conns 10 \
+      --clients 100 --ttl "$ttl" --hold "$lease_hold" --no-revoke
+    stop
+  done
+done
+echo "load after: $(uptime)" | tee -a "$out/machine.txt"
+
+python3 - "$raw" <<'PY' | tee "$out/table.md"
+import json, statistics, sys
+
+rows = [json.loads(l) for l in open(sys.argv[1])]
+
+def vals(server, life, f):
+    out = []
+    for r in rows:
+        if r["server"] == server and r["life"] == life and r["report"]:
+            try:
+                out.append(f(r))
+            except (KeyError, TypeError, ZeroDivisionError):
+                pass
+    return out
+
+mib = lambda kb: kb / 1024
+table = [
+    ("RSS before", "watchers", lambda r: mib(r["rss_before_kb"]), "MiB"),
+    ("RSS holding the watchers", "watchers", lambda r: mib(r["rss_hold_kb"]), "MiB"),
+    ("memory per watcher", "watchers",
+     lambda r: (r["rss_hold_kb"] - r["rss_before_kb"]) * 1024 / r["report"]["count"], "bytes"),
+    ("watcher creation", "watchers", lambda r: r["report"]["rps"], "watchers/s"),
+    ("watcher creation p99", "watchers", lambda r: r["report"]["latency_ms"]["p99"], "ms"),
+    ("RSS before", "leases", lambda r: mib(r["rss_before_kb"]), "MiB"),
+    ("RSS holding the leases", "leases", lambda r: mib(r["rss_hold_kb"]), "MiB"),
+    ("memory per lease", "leases",
+     lambda r: (r["rss_hold_kb"] - r["rss_before_kb"]) * 1024 / r["report"]["extra"]["granted"],
+     "bytes"),
+    ("lease grants (100 clients)", "leases", lambda r: r["report"]["extra"]["grants_per_s"], "grants/s"),
+    ("keepalives answered in the hold", "leases", lambda r: r["report"]["rps"], "per s"),
+    ("keepalive round trip p99", "leases", lambda r: r["report"]["latency_ms"]["p99"], "ms"),
+    ("server CPU in the hold", "leases", lambda r: r["cpu_s"] / r["window_s"], "cores"),
+    ("server CPU per keepalive", "leases",
+     lambda r: r["cpu_s"] * 1e6 / (r["report"]["rps"] * r["window_s"]), "µs"),
+    ("cores per 1k keepalives/s", "leases",
+     lambda r: (r["cpu_s"] / r["window_s"]) / (r["report"]["rps"] / 1000), "cores"),
+    ("leases lost", "leases", lambda r: r["report"]["extra"]["lost_leases"], "leases"),
+]
+
+def fmt(x):
+    return f"{x:,.0f}" if abs(x) >= 100 else f"{x:.3g}"
+
+def cell(v):
+    if not v:
+        return "n/a", None
+    m = statistics.median(v)
+    return (f"{fmt(m)} ({fmt(min(v))}–{fmt(max(v))})" if len(v) > 1 else fmt(m)), m
+
+n = rows[0]["n"] if rows else 0
+print(f"| {n:,} watchers / leases | unit | roster | etcd 3.4 | roster/etcd |")
+print("|---|---|---|---|---|")
+for label, life, f, unit in table:
+    rs, rm = cell(vals("roster", life, f))
+    es, em = cell(vals("etcd", life, f))
+    ratio = f"{rm / em:.2f}×" if rm is not None and em else "–"
+    print(f"| {label} ({life} life) | {unit} | {rs} | {es} | {ratio} |")
+
+bad = [(r["server"], r["life"], r["round"], r["exit"],
+        (r["report"] or {}).get("errors"), (r["report"] or {}).get("error_samples"))
+       for r in rows if r["exit"] != 0 or not r["report"] or r["report"].get("errors")]
+if bad:
+    print()
+    print("Runs with errors (server, life, round, exit, errors, samples):")
+    for b in bad:
+        print("-", b)
+PY
+echo "raw results: $raw" >&2
