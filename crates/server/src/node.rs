@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use roster_proto::etcdserverpb::ResponseHeader;
+use roster_store::wal::Wal;
 use roster_store::{Command, CommandKind, CommandResponse, Store};
 use tokio::sync::Notify;
 
@@ -19,6 +20,8 @@ use crate::watch::hub::Hub;
 
 /// Name of the database file inside the data directory.
 pub const DB_FILE: &str = "roster.redb";
+/// Name of the write-ahead log's directory inside the data directory.
+pub const WAL_DIR: &str = "wal";
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -100,6 +103,22 @@ impl Node {
         let term = store.meta(META_TERM).map_err(store_err)?.unwrap_or(1) + 1;
         store.set_meta(META_TERM, term).map_err(store_err)?;
 
+        // Bring the store up to everything acknowledged: it is durable as of
+        // its last checkpoint, the log holds the rest.
+        let wal_dir = config.data_dir.join(WAL_DIR);
+        let wal_err = |source| OpenError::Store {
+            path: wal_dir.clone(),
+            source,
+        };
+        let (mut wal, replay) = Wal::open(&wal_dir, store.applied_index()).map_err(wal_err)?;
+        if !replay.is_empty() {
+            tracing::info!(entries = replay.len(), "replaying the write-ahead log");
+            for chunk in replay.chunks(crate::standalone::MAX_BATCH) {
+                store.apply_logged(chunk).map_err(wal_err)?;
+            }
+            crate::standalone::checkpoint(&store, &mut wal).map_err(wal_err)?;
+        }
+
         let lessor = Lessor::recover(&store.leases());
         let fatal = Arc::new(Notify::new());
         let hub = Arc::new(Hub::new(store.clone(), cluster_id, member_id, term));
@@ -113,7 +132,8 @@ impl Node {
                 hub.publish(&events, rev);
             })
         };
-        let consensus = Standalone::start(store.clone(), term, member_id, fatal.clone(), publish);
+        let consensus =
+            Standalone::start(store.clone(), wal, term, member_id, fatal.clone(), publish);
         Ok(Arc::new(Node {
             store,
             consensus,
@@ -130,6 +150,12 @@ impl Node {
     /// The consensus state.
     pub fn status(&self) -> ConsensusStatus {
         self.consensus.status()
+    }
+
+    /// Durable commits of the write path so far (log appends, one
+    /// `fdatasync` each): with group commit, fewer than the writes.
+    pub fn durable_commits(&self) -> u64 {
+        self.consensus.syncs()
     }
 
     /// Size of the database file.

@@ -2,11 +2,15 @@
 //!
 //! Proposals go into a channel. The writer thread takes whatever has queued
 //! up (at least one command, at most [`MAX_BATCH`]), numbers the commands as
-//! consecutive log entries, and hands them to the store as one batch: one redb
-//! transaction and one fsync. Only then is any proposer in the batch answered.
-//! While one batch is being fsynced the next one queues, so throughput grows
-//! with concurrency instead of being capped at one fsync per write (group
-//! commit).
+//! consecutive log entries, appends them to the write-ahead log (one write,
+//! one `fdatasync`), applies them to the store with a non-durable commit, and
+//! only then answers any proposer in the batch. While one batch is being
+//! synced the next one queues, so throughput grows with concurrency instead
+//! of being capped at one fsync per write (group commit).
+//!
+//! Every [`CHECKPOINT_EVERY`] of writing, the writer makes the store itself
+//! durable and drops the log segments the store no longer needs, so a
+//! restart replays at most that much log (see `roster_store::wal`).
 //!
 //! A storage failure on this path is fatal: the in-memory state may be ahead
 //! of the disk, so the writer stops, every pending and later proposal gets
@@ -15,9 +19,11 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use roster_proto::roster::command::Kind;
-use roster_store::{Applied, Command, Store};
+use roster_store::wal::Wal;
+use roster_store::{Applied, Command, Store, StoreError};
 use tokio::sync::{mpsc, oneshot, Notify};
 
 use crate::consensus::{Consensus, ConsensusStatus, ProposeFuture};
@@ -29,6 +35,10 @@ pub const MAX_BATCH: usize = 1024;
 
 /// Capacity of the proposal queue; proposers wait when it is full.
 const QUEUE: usize = 16 * 1024;
+
+/// How often, while writes flow, the store is made durable and the log
+/// trimmed: etcd commits its backend every 100 ms too.
+pub const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
 
 struct Proposal {
     cmd: Command,
@@ -53,15 +63,19 @@ struct Shared {
     term: u64,
     member_id: u64,
     applied: AtomicU64,
+    /// Log appends made: one `fdatasync` each.
+    syncs: AtomicU64,
     failed: AtomicBool,
     fatal: Arc<Notify>,
 }
 
 impl Standalone {
-    /// Starts the writer thread over `store`. `fatal` is notified if the
-    /// write path fails and the node must stop.
+    /// Starts the writer thread over `store`, logging to `wal`, which must
+    /// continue where the store is (replayed by the caller). `fatal` is
+    /// notified if the write path fails and the node must stop.
     pub fn start(
         store: Arc<Store>,
+        wal: Wal,
         term: u64,
         member_id: u64,
         fatal: Arc<Notify>,
@@ -73,13 +87,14 @@ impl Standalone {
             store,
             term,
             member_id,
+            syncs: AtomicU64::new(0),
             failed: AtomicBool::new(false),
             fatal,
         });
         let s = shared.clone();
         let writer = std::thread::Builder::new()
             .name("roster-writer".into())
-            .spawn(move || writer(s, rx, on_commit))
+            .spawn(move || writer(s, wal, rx, on_commit))
             .expect("spawning the writer thread");
         Standalone {
             tx: parking_lot::RwLock::new(Some(tx)),
@@ -88,8 +103,13 @@ impl Standalone {
         }
     }
 
-    /// Stops accepting proposals, lets the writer finish what is queued and
-    /// waits for it.
+    /// Number of log appends so far: durable commits, one `fdatasync` each.
+    pub fn syncs(&self) -> u64 {
+        self.shared.syncs.load(Ordering::Relaxed)
+    }
+
+    /// Stops accepting proposals, lets the writer finish what is queued,
+    /// checkpoints the store and waits for it all.
     /// Call it from a thread that may block.
     pub fn stop(&self) {
         self.tx.write().take();
@@ -126,8 +146,14 @@ impl Consensus for Standalone {
     }
 }
 
-fn writer(shared: Arc<Shared>, mut rx: mpsc::Receiver<Proposal>, on_commit: OnCommit) {
+fn writer(
+    shared: Arc<Shared>,
+    mut wal: Wal,
+    mut rx: mpsc::Receiver<Proposal>,
+    on_commit: OnCommit,
+) {
     let mut batch: Vec<Proposal> = Vec::with_capacity(MAX_BATCH);
+    let mut checkpointed = Instant::now();
     while let Some(first) = rx.blocking_recv() {
         batch.push(first);
         while batch.len() < MAX_BATCH {
@@ -142,7 +168,10 @@ fn writer(shared: Arc<Shared>, mut rx: mpsc::Receiver<Proposal>, on_commit: OnCo
             .enumerate()
             .map(|(i, p)| (base + 1 + i as u64, std::mem::take(&mut p.cmd)))
             .collect();
-        match shared.store.apply_batch(&commands) {
+        let logged = wal.append(&commands).inspect(|_| {
+            shared.syncs.fetch_add(1, Ordering::Relaxed);
+        });
+        match logged.and_then(|()| shared.store.apply_logged(&commands)) {
             Ok(results) => {
                 shared
                     .applied
@@ -168,20 +197,39 @@ fn writer(shared: Arc<Shared>, mut rx: mpsc::Receiver<Proposal>, on_commit: OnCo
                 for (p, applied) in after_cleanup {
                     let _ = p.done.send(Ok(applied));
                 }
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "write path failed; stopping the node");
-                shared.failed.store(true, Ordering::Release);
-                shared.fatal.notify_one();
-                rx.close();
-                for p in batch.drain(..) {
-                    let _ = p.done.send(Err(ServerError::Stopped));
+                if checkpointed.elapsed() >= CHECKPOINT_EVERY {
+                    if let Err(e) = checkpoint(&shared.store, &mut wal) {
+                        return fail(&shared, &mut rx, Vec::new(), e);
+                    }
+                    checkpointed = Instant::now();
                 }
-                while let Ok(p) = rx.try_recv() {
-                    let _ = p.done.send(Err(ServerError::Stopped));
-                }
-                return;
             }
+            Err(e) => return fail(&shared, &mut rx, std::mem::take(&mut batch), e),
         }
+    }
+    // Stopped: leave the store durable so the next start replays nothing.
+    if let Err(e) = checkpoint(&shared.store, &mut wal) {
+        tracing::error!(error = %e, "final checkpoint failed; the log will be replayed");
+    }
+}
+
+/// Makes the store durable and drops the log it no longer needs.
+pub fn checkpoint(store: &Store, wal: &mut Wal) -> Result<(), StoreError> {
+    let upto = store.checkpoint()?;
+    wal.release(upto)
+}
+
+/// Stops the write path after a storage failure: every proposal pending or
+/// still queued is told the server stopped.
+fn fail(shared: &Shared, rx: &mut mpsc::Receiver<Proposal>, batch: Vec<Proposal>, e: StoreError) {
+    tracing::error!(error = %e, "write path failed; stopping the node");
+    shared.failed.store(true, Ordering::Release);
+    shared.fatal.notify_one();
+    rx.close();
+    for p in batch {
+        let _ = p.done.send(Err(ServerError::Stopped));
+    }
+    while let Ok(p) = rx.try_recv() {
+        let _ = p.done.send(Err(ServerError::Stopped));
     }
 }

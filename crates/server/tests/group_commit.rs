@@ -37,7 +37,7 @@ async fn concurrent_puts_share_batches() {
     // Revisions 2..=201: one per put, no gap.
     assert_eq!(revisions.first(), Some(&2));
     assert_eq!(revisions.last(), Some(&(WRITERS as i64 + 1)));
-    let batches = node.store.batches_committed();
+    let batches = node.durable_commits();
     eprintln!("{WRITERS} concurrent puts took {batches} commits");
     assert!(
         batches < WRITERS as u64 / 2,

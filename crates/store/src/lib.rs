@@ -24,6 +24,8 @@
 //! - [`lease`]: leases and the keys attached to them.
 //! - [`read`]: evaluation of ranges and compares against a view of the index.
 //! - [`apply`]: the write commands.
+//! - [`wal`]: the write-ahead log that makes a batch durable before it is
+//!   applied, so the store itself needs an fsync only at checkpoints.
 //! - `store`: the [`Store`] that ties them together and guards concurrency.
 
 pub mod apply;
@@ -33,6 +35,7 @@ pub mod index;
 pub mod lease;
 pub mod read;
 mod store;
+pub mod wal;
 
 pub use error::StoreError;
 pub use index::Revision;

@@ -88,8 +88,8 @@ pub struct Store {
     state: RwLock<State>,
     /// Records dropped from the index, still to be deleted from redb.
     garbage: Mutex<Vec<Revision>>,
-    /// Durable commits made by `apply_batch`: with group commit, fewer than
-    /// the commands applied.
+    /// Durable commits made by `apply_batch` and `checkpoint`: with group
+    /// commit, fewer than the commands applied.
     batches: AtomicU64,
 }
 
@@ -178,8 +178,8 @@ impl Store {
         self.state.read().applied_index
     }
 
-    /// How many batches `apply_batch` has committed since open (one fsync
-    /// each).
+    /// How many durable commits (`apply_batch` batches and checkpoints) the
+    /// store has made since open: one fsync each.
     pub fn batches_committed(&self) -> u64 {
         self.batches.load(Ordering::Relaxed)
     }
@@ -196,8 +196,36 @@ impl Store {
     /// storage failed and the node must stop: nothing of the batch was
     /// acknowledged, and the in-memory state may be ahead of the disk.
     pub fn apply_batch(&self, commands: &[(u64, Command)]) -> Result<Vec<Applied>, StoreError> {
+        self.apply(commands, Durability::Immediate)
+    }
+
+    /// Applies `commands` like [`Store::apply_batch`], for a caller that has
+    /// already made them durable in a log (see [`crate::wal`]): the storage
+    /// commit is not synced, so it survives a crash only once a later
+    /// [`Store::checkpoint`] has run. The batch is published to readers at
+    /// once: its durability is the log's.
+    pub fn apply_logged(&self, commands: &[(u64, Command)]) -> Result<Vec<Applied>, StoreError> {
+        self.apply(commands, Durability::None)
+    }
+
+    /// Makes everything applied so far durable in storage, and returns the
+    /// log index it now holds: log entries up to it are no longer needed.
+    pub fn checkpoint(&self) -> Result<u64, StoreError> {
+        let index = self.applied_index();
         let mut tx = self.db.begin_write()?;
         tx.set_durability(Durability::Immediate)?;
+        tx.commit()?;
+        self.batches.fetch_add(1, Ordering::Relaxed);
+        Ok(index)
+    }
+
+    fn apply(
+        &self,
+        commands: &[(u64, Command)],
+        durability: Durability,
+    ) -> Result<Vec<Applied>, StoreError> {
+        let mut tx = self.db.begin_write()?;
+        tx.set_durability(durability)?;
         let mut out = Vec::with_capacity(commands.len());
         let (rev, compact, applied_index) = {
             let mut st = self.state.write();
@@ -253,7 +281,9 @@ impl Store {
             meta.insert(META_APPLIED_INDEX, applied_index)?;
         }
         tx.commit()?;
-        self.batches.fetch_add(1, Ordering::Relaxed);
+        if matches!(durability, Durability::Immediate) {
+            self.batches.fetch_add(1, Ordering::Relaxed);
+        }
 
         let mut st = self.state.write();
         st.published_rev = rev;
