@@ -37,6 +37,12 @@ use crate::read::View;
 const FIRST_REV: i64 = 1;
 /// The compacted revision of a store that was never compacted.
 const NEVER_COMPACTED: i64 = -1;
+/// redb's page cache. redb would cache up to 1 GiB by default, which ends
+/// up holding the whole database in the process's own memory after the
+/// index rebuild scans it; the kernel's page cache keeps the file at hand
+/// anyway, so a small cache for the hot B-tree pages is enough: a cache miss
+/// costs a `pread` from memory, not a disk read.
+const CACHE_BYTES: usize = 8 << 20;
 
 /// A successful command's answer.
 #[derive(Debug, Clone, PartialEq)]
@@ -96,7 +102,9 @@ pub struct Store {
 impl Store {
     /// Opens (or creates) the store in the file `path` and rebuilds the index.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
-        let db = Database::create(path)?;
+        let db = redb::Builder::new()
+            .set_cache_size(CACHE_BYTES)
+            .create(path)?;
         let tx = db.begin_write()?;
         let (index, leases, current, compact, applied_index) = {
             let kv = tx.open_table(KV)?;
