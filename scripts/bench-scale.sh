@@ -13,7 +13,9 @@
 # --no-build use the existing target/release/roster.
 #
 # Each server runs on free loopback ports with a fresh data directory, one
-# at a time, and gets two fresh lives per round:
+# at a time, and gets three fresh lives per round:
+#   streams:  the same with 1000 watchers, one per stream: what a stream
+#             costs apart from the watchers on it.
 #   watchers: VmRSS once it answers, then `roster bench hold-watchers`
 #             (N watchers on N distinct keys, 1000 streams over 10
 #             connections); VmRSS at the end of the hold. Memory per
@@ -183,6 +185,10 @@ hold() {
 
 for ((r = 1; r <= rounds; r++)); do
   for server in roster etcd; do
+    start "$server" "$work/$server-streams-$r"
+    hold "$r" "$server" streams hold-watchers --watchers 1000 --streams 1000 --conns 10 \
+      --hold 5s
+    stop
     start "$server" "$work/$server-watch-$r"
     hold "$r" "$server" watchers hold-watchers --watchers "$n" --streams 1000 --conns 10 \
       --hold "$watch_hold"
@@ -211,11 +217,14 @@ def vals(server, life, f):
     return out
 
 mib = lambda kb: kb / 1024
+def per_watcher(r):
+    return (r["rss_hold_kb"] - r["rss_before_kb"]) * 1024 / r["report"]["count"]
+
 table = [
+    ("memory per stream, with its one watcher", "streams", per_watcher, "bytes"),
     ("RSS before", "watchers", lambda r: mib(r["rss_before_kb"]), "MiB"),
     ("RSS holding the watchers", "watchers", lambda r: mib(r["rss_hold_kb"]), "MiB"),
-    ("memory per watcher", "watchers",
-     lambda r: (r["rss_hold_kb"] - r["rss_before_kb"]) * 1024 / r["report"]["count"], "bytes"),
+    ("memory per watcher", "watchers", per_watcher, "bytes"),
     ("watcher creation", "watchers", lambda r: r["report"]["rps"], "watchers/s"),
     ("watcher creation p99", "watchers", lambda r: r["report"]["latency_ms"]["p99"], "ms"),
     ("RSS before", "leases", lambda r: mib(r["rss_before_kb"]), "MiB"),
@@ -251,6 +260,23 @@ for label, life, f, unit in table:
     es, em = cell(vals("etcd", life, f))
     ratio = f"{rm / em:.2f}×" if rm is not None and em else "–"
     print(f"| {label} ({life} life) | {unit} | {rs} | {es} | {ratio} |")
+
+# The watchers' cost beyond their streams': the two lives' RSS growth,
+# per watcher added on top of one per stream.
+def marginal(server):
+    s, w = [[r for r in rows if r["server"] == server and r["life"] == life and r["report"]]
+            for life in ("streams", "watchers")]
+    if not s or not w:
+        return None
+    grow = lambda r: (r["rss_hold_kb"] - r["rss_before_kb"]) * 1024
+    med = lambda rs, f: statistics.median(f(r) for r in rs)
+    added = med(w, lambda r: r["report"]["count"]) - med(s, lambda r: r["report"]["count"])
+    return (med(w, grow) - med(s, grow)) / added if added > 0 else None
+
+rm, em = marginal("roster"), marginal("etcd")
+if rm is not None and em is not None:
+    print(f"| memory per watcher beyond one per stream (watchers − streams lives) | bytes | "
+          f"{fmt(rm)} | {fmt(em)} | {rm / em:.2f}× |")
 
 bad = [(r["server"], r["life"], r["round"], r["exit"],
         (r["report"] or {}).get("errors"), (r["report"] or {}).get("error_samples"))
