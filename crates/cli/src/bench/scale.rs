@@ -36,7 +36,7 @@
 //! task while the stream's sender already sends; neither waits on the
 //! other.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -354,11 +354,22 @@ struct Tally {
     samples: Mutex<Vec<String>>,
 }
 
-/// One stream's keepalives in flight, and its leases found lost.
+/// One stream's keepalives in flight, oldest first, and its leases found
+/// lost. A stream's answers come in the order of its requests, so an
+/// answer is matched with the oldest keepalive in flight for its lease even
+/// when the server lags by more than a renewal period.
 #[derive(Default)]
 struct InFlight {
-    sent_at: HashMap<i64, Instant>,
+    sent: VecDeque<(i64, Instant)>,
     lost: HashSet<i64>,
+}
+
+impl InFlight {
+    /// Takes the send time of the oldest keepalive in flight for `id`.
+    fn answered(&mut self, id: i64) -> Option<Instant> {
+        let at = self.sent.iter().position(|&(x, _)| x == id)?;
+        self.sent.remove(at).map(|(_, t)| t)
+    }
 }
 
 /// What a keepalive stream's sender and receiver share.
@@ -380,9 +391,8 @@ impl Keeper {
         mut self,
         mut feed: mpsc::Receiver<i64>,
         tx: mpsc::Sender<LeaseKeepAliveRequest>,
-        period: Duration,
+        slots: usize,
     ) -> Vec<i64> {
-        let slots = (period.as_millis() / TICK.as_millis()).max(1) as usize;
         // Streams tick at staggered instants, so the server sees an even
         // rate rather than a burst every tick.
         let offset = TICK.mul_f64(self.index as f64 / self.streams as f64);
@@ -398,7 +408,6 @@ impl Keeper {
                 _ = tick.tick() => {
                     let due: Vec<i64> = {
                         let mut f = self.flight.lock();
-                        let now = Instant::now();
                         let due: Vec<i64> = leases
                             .iter()
                             .skip(k % slots)
@@ -406,9 +415,8 @@ impl Keeper {
                             .filter(|id| !f.lost.contains(id))
                             .copied()
                             .collect();
-                        for &id in &due {
-                            f.sent_at.insert(id, now);
-                        }
+                        let now = Instant::now();
+                        f.sent.extend(due.iter().map(|&id| (id, now)));
                         due
                     };
                     k += 1;
@@ -459,7 +467,7 @@ impl Keeper {
                     let msg = "lease lost (keepalive answered TTL 0)";
                     sample(&self.tally.samples, msg.into());
                 }
-                f.sent_at.remove(&r.id)
+                f.answered(r.id)
             };
             if r.ttl > 0 {
                 self.tally.alive.fetch_add(1, Ordering::Relaxed);
@@ -521,7 +529,10 @@ pub async fn hold_leases(a: HoldLeasesArgs) -> Result<(), String> {
         return Err("--ttl must be at least 3 s".into());
     }
     let streams = a.streams.clamp(1, a.leases.max(1));
-    let period = Duration::from_millis(a.ttl as u64 * 1000 / 3);
+    // Each lease is renewed once per `slots` ticks: ttl/3, rounded down to
+    // whole ticks.
+    let slots = ((a.ttl as u128 * 1000 / 3) / TICK.as_millis()).max(1) as usize;
+    let period = TICK * slots as u32;
     let chans = a.common.channels().await?;
     let tally = Arc::new(Tally::default());
     let rec = Arc::new(Recorder::new());
@@ -541,7 +552,7 @@ pub async fn hold_leases(a: HoldLeasesArgs) -> Result<(), String> {
             stop: stop.clone(),
         };
         readers.spawn(keeper.clone().answers(ch, reqs, rec.clone()));
-        renewers.spawn(keeper.renew(fed, tx, period));
+        renewers.spawn(keeper.renew(fed, tx, slots));
         feeds.push(feed);
         flights.push(flight);
     }
@@ -608,7 +619,7 @@ pub async fn hold_leases(a: HoldLeasesArgs) -> Result<(), String> {
             ),
         );
     }
-    let unanswered: usize = flights.iter().map(|f| f.lock().sent_at.len()).sum();
+    let unanswered: usize = flights.iter().map(|f| f.lock().sent.len()).sum();
 
     let mut extra = Map::new();
     if !a.no_revoke {
