@@ -9,11 +9,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/v3lockpb/v3lock.proto",
         "proto/v3electionpb/v3election.proto",
         "proto/roster/command.proto",
+        "proto/roster/watch.proto",
     ];
     let fds = protox::compile(files, ["proto"])?;
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
+        // Shared, not copied, between the responses of many watchers.
+        .bytes(".roster.EncodedWatchResponse.events")
         .compile_fds(fds)?;
     for f in files {
         println!("cargo:rerun-if-changed={f}");

@@ -8,7 +8,9 @@
 //! system `protoc` is needed. This crate holds no logic.
 //!
 //! Besides etcd's packages, `roster` holds the internal [`roster::Command`]
-//! that the consensus layer orders and the store applies.
+//! that the consensus layer orders and the store applies, and
+//! [`roster::EncodedWatchResponse`], a `WatchResponse` with its events
+//! encoded once for all the watchers that receive them.
 
 #![allow(clippy::all, missing_docs)]
 
@@ -37,7 +39,8 @@ pub mod v3electionpb {
     tonic::include_proto!("v3electionpb");
 }
 
-/// Roster's internal write commands.
+/// Roster's internal write commands, and the server's pre-encoded watch
+/// response.
 pub mod roster {
     tonic::include_proto!("roster");
 }

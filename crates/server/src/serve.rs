@@ -13,7 +13,6 @@ use roster_proto::etcdserverpb::cluster_server::ClusterServer;
 use roster_proto::etcdserverpb::kv_server::KvServer;
 use roster_proto::etcdserverpb::lease_server::LeaseServer;
 use roster_proto::etcdserverpb::maintenance_server::MaintenanceServer;
-use roster_proto::etcdserverpb::watch_server::WatchServer;
 use roster_proto::v3electionpb::election_server::ElectionServer;
 use roster_proto::v3lockpb::lock_server::LockServer;
 use tokio::net::TcpListener;
@@ -26,6 +25,7 @@ use crate::service::{
     cluster::ClusterService, election::ElectionService, kv::KvService, lease::LeaseService,
     lock::LockService, maintenance::MaintenanceService,
 };
+use crate::watch::server::WatchServer;
 use crate::watch::stream::WatchService;
 
 /// How long in-flight requests may run on after shutdown is asked for.

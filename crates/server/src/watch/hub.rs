@@ -4,14 +4,23 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
-use roster_proto::etcdserverpb::{ResponseHeader, WatchResponse};
+use prost::bytes::Bytes;
+use prost::Message;
+use roster_proto::etcdserverpb::ResponseHeader;
 use roster_proto::mvccpb::{event::EventType, Event, KeyValue};
+use roster_proto::roster::EncodedWatchResponse;
 use roster_store::index::KeyRange;
 use roster_store::Store;
 use tokio::sync::{mpsc, Notify};
 
-/// What flows to a watch stream's client.
-pub type Outbound = mpsc::Sender<Result<WatchResponse, tonic::Status>>;
+/// What flows to a watch stream's client: responses whose events are
+/// already encoded (see `proto/roster/watch.proto`).
+pub type Outbound = mpsc::Sender<Result<EncodedWatchResponse, tonic::Status>>;
+
+/// Encodes an event once, for every response that carries it.
+pub fn encode_event(e: &Event) -> Bytes {
+    Bytes::from(e.encode_to_vec())
+}
 
 /// What a watcher asks for: which events, and in what shape.
 #[derive(Debug, Clone)]
@@ -146,7 +155,10 @@ impl Hub {
             return;
         }
         st.last_rev = rev;
-        let mut prevs: Vec<Option<Option<KeyValue>>> = vec![None; events.len()];
+        // Each event is encoded at most twice (with and without its previous
+        // key-value), however many watchers receive it.
+        let mut plain: Vec<Option<Bytes>> = vec![None; events.len()];
+        let mut with_prev: Vec<Option<Bytes>> = vec![None; events.len()];
         for stream in st.streams.values_mut() {
             let mut wake = false;
             for (&watch_id, w) in stream.watchers.iter_mut() {
@@ -154,25 +166,29 @@ impl Hub {
                     continue;
                 }
                 let mut mine = Vec::new();
-                for (e, prev) in events.iter().zip(prevs.iter_mut()) {
+                for (i, e) in events.iter().enumerate() {
                     let fresh =
                         e.kv.as_ref()
                             .is_some_and(|kv| kv.mod_revision >= w.next_rev);
                     if !fresh || !w.selector.wants(e) {
                         continue;
                     }
-                    let mut e = e.clone();
-                    if w.selector.prev_kv {
-                        // Read once per event, however many watchers want it.
-                        e.prev_kv = prev.get_or_insert_with(|| prev_of(&self.store, &e)).clone();
-                    }
-                    mine.push(e);
+                    let bytes = if w.selector.prev_kv {
+                        with_prev[i].get_or_insert_with(|| {
+                            let mut e = e.clone();
+                            e.prev_kv = prev_of(&self.store, &e);
+                            encode_event(&e)
+                        })
+                    } else {
+                        plain[i].get_or_insert_with(|| encode_event(e))
+                    };
+                    mine.push(bytes.clone());
                 }
                 if mine.is_empty() {
                     w.next_rev = w.next_rev.max(rev + 1);
                     continue;
                 }
-                let resp = WatchResponse {
+                let resp = EncodedWatchResponse {
                     header: self.header(rev),
                     watch_id,
                     events: mine,
@@ -180,8 +196,7 @@ impl Hub {
                 };
                 // Large responses that must be fragmented go the catch-up
                 // way, which can send several messages in order.
-                let too_big =
-                    w.selector.fragment && prost::Message::encoded_len(&resp) > FRAGMENT_BYTES;
+                let too_big = w.selector.fragment && resp.encoded_len() > FRAGMENT_BYTES;
                 if too_big || stream.tx.try_send(Ok(resp)).is_err() {
                     w.synced = false;
                     wake = true;

@@ -16,6 +16,11 @@
 //! to live delivery under the hub lock, only when its cursor is past the
 //! hub's last published revision. Since the store publishes a batch to
 //! readers before the hub sees it, catch-up can never fall short of the hub.
+//!
+//! Events travel encoded: the hub encodes each event once per batch and
+//! every watcher's response shares those bytes ([`server`] explains the
+//! wire trick that lets etcd clients read them as a plain `WatchResponse`).
 
 pub mod hub;
+pub mod server;
 pub mod stream;

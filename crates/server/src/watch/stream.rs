@@ -8,19 +8,20 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use prost::bytes::Bytes;
+use prost::Message;
 use roster_proto::etcdserverpb::watch_create_request::FilterType;
-use roster_proto::etcdserverpb::watch_server::Watch;
 use roster_proto::etcdserverpb::{watch_request, WatchCreateRequest, WatchRequest, WatchResponse};
 use roster_proto::mvccpb::Event;
+use roster_proto::roster::EncodedWatchResponse;
 use roster_store::index::KeyRange;
 use roster_store::StoreError;
 use tokio::sync::{mpsc, Notify};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
-use tonic::{Request, Status, Streaming};
+use tonic::{Status, Streaming};
 
-use super::hub::{prev_of, Hub, Outbound, Selector, Watcher, FRAGMENT_BYTES};
-use crate::service::Reply;
+use super::hub::{encode_event, prev_of, Hub, Outbound, Selector, Watcher, FRAGMENT_BYTES};
 
 /// Responses queued per stream before live delivery switches a watcher to
 /// catch-up.
@@ -52,15 +53,12 @@ impl WatchService {
     }
 }
 
-type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchResponse, Status>> + Send>>;
+/// The responses of one watch stream, as the gRPC layer sends them.
+pub type WatchStream = Pin<Box<dyn Stream<Item = Result<EncodedWatchResponse, Status>> + Send>>;
 
 /// A watch for use inside the server (locks, elections): the same machinery
-/// as a client's stream, fed one create request. Dropping the receiver ends
-/// it.
-pub fn local_watch(
-    hub: &Arc<Hub>,
-    create: WatchCreateRequest,
-) -> mpsc::Receiver<Result<WatchResponse, Status>> {
+/// as a client's stream, fed one create request. Dropping it ends it.
+pub fn local_watch(hub: &Arc<Hub>, create: WatchCreateRequest) -> LocalWatch {
     let (tx, rx) = mpsc::channel(QUEUE);
     let wake = Arc::new(Notify::new());
     let id = hub.open_stream(tx.clone(), wake.clone());
@@ -79,14 +77,45 @@ pub fn local_watch(
     // Never used: only idle watchers asking for notices get them.
     let tick = Duration::from_secs(3600);
     tokio::spawn(task.run(Box::pin(inbound), wake, tick));
-    rx
+    LocalWatch { rx }
 }
 
-#[tonic::async_trait]
-impl Watch for WatchService {
-    type WatchStream = WatchStream;
+/// The receiving end of a [`local_watch`].
+pub struct LocalWatch {
+    rx: mpsc::Receiver<Result<EncodedWatchResponse, Status>>,
+}
 
-    async fn watch(&self, req: Request<Streaming<WatchRequest>>) -> Reply<WatchStream> {
+impl LocalWatch {
+    /// The next response, its events decoded; `None` once the watch ended.
+    pub async fn recv(&mut self) -> Option<Result<WatchResponse, Status>> {
+        Some(self.rx.recv().await?.and_then(decode))
+    }
+}
+
+/// Turns a pre-encoded response back into a `WatchResponse`.
+pub fn decode(r: EncodedWatchResponse) -> Result<WatchResponse, Status> {
+    let events = r
+        .events
+        .iter()
+        .map(|b| Event::decode(b.as_ref()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| Status::internal(format!("decoding a watch event: {e}")))?;
+    Ok(WatchResponse {
+        header: r.header,
+        watch_id: r.watch_id,
+        created: r.created,
+        canceled: r.canceled,
+        compact_revision: r.compact_revision,
+        cancel_reason: r.cancel_reason,
+        fragment: r.fragment,
+        events,
+    })
+}
+
+impl WatchService {
+    /// Serves one watch stream: its requests come in on `inbound`, its
+    /// responses go out on the returned stream.
+    pub fn open(&self, inbound: Streaming<WatchRequest>) -> WatchStream {
         let (tx, rx) = mpsc::channel(QUEUE);
         let wake = Arc::new(Notify::new());
         let id = self.hub.open_stream(tx.clone(), wake.clone());
@@ -97,8 +126,8 @@ impl Watch for WatchService {
             next_auto_id: 0,
             progress_pending: false,
         };
-        tokio::spawn(s.run(req.into_inner(), wake, self.progress_interval));
-        Ok(tonic::Response::new(Box::pin(ReceiverStream::new(rx))))
+        tokio::spawn(s.run(inbound, wake, self.progress_interval));
+        Box::pin(ReceiverStream::new(rx))
     }
 }
 
@@ -143,7 +172,7 @@ impl StreamTask {
         self.hub.close_stream(self.id);
     }
 
-    async fn send(&self, resp: WatchResponse) -> Result<(), ()> {
+    async fn send(&self, resp: EncodedWatchResponse) -> Result<(), ()> {
         self.tx.send(Ok(resp)).await.map_err(|_| ())
     }
 
@@ -163,7 +192,7 @@ impl StreamTask {
                 };
                 // etcd answers only a cancel of a watcher that exists.
                 if found {
-                    let resp = WatchResponse {
+                    let resp = EncodedWatchResponse {
                         header: self.hub.header(rev),
                         watch_id: c.watch_id,
                         canceled: true,
@@ -200,7 +229,7 @@ impl StreamTask {
         };
         if let Some(rev) = rev {
             self.progress_pending = false;
-            let resp = WatchResponse {
+            let resp = EncodedWatchResponse {
                 header: self.hub.header(rev),
                 watch_id: PROGRESS_ALL_ID,
                 ..Default::default()
@@ -258,7 +287,7 @@ impl StreamTask {
         };
         match outcome {
             Ok((id, rev)) => {
-                let resp = WatchResponse {
+                let resp = EncodedWatchResponse {
                     header: self.hub.header(rev),
                     watch_id: id,
                     created: true,
@@ -275,7 +304,7 @@ impl StreamTask {
     /// response created and canceled, with watch id -1.
     async fn refuse(&self, reason: &str) -> Result<(), ()> {
         let rev = self.hub.state.lock().last_rev;
-        let resp = WatchResponse {
+        let resp = EncodedWatchResponse {
             header: self.hub.header(rev),
             watch_id: PROGRESS_ALL_ID,
             created: true,
@@ -313,14 +342,14 @@ impl StreamTask {
             match read {
                 Ok((events, last)) => {
                     let store = self.hub.store();
-                    let mine: Vec<Event> = events
+                    let mine: Vec<Bytes> = events
                         .into_iter()
                         .filter(|e| sel.wants(e))
                         .map(|mut e| {
                             if sel.prev_kv {
                                 e.prev_kv = prev_of(store, &e);
                             }
-                            e
+                            encode_event(&e)
                         })
                         .collect();
                     let sent = !mine.is_empty();
@@ -354,7 +383,7 @@ impl StreamTask {
                         }
                         (st.last_rev, self.hub.store().compact_revision())
                     };
-                    let resp = WatchResponse {
+                    let resp = EncodedWatchResponse {
                         // etcd sends this one with revision 0 in its header.
                         header: self.hub.header(if compacted { 0 } else { rev }),
                         watch_id: id,
@@ -391,7 +420,7 @@ impl StreamTask {
             (ids, rev)
         };
         for id in ids {
-            let resp = WatchResponse {
+            let resp = EncodedWatchResponse {
                 header: self.hub.header(rev),
                 watch_id: id,
                 ..Default::default()
@@ -402,29 +431,31 @@ impl StreamTask {
     }
 }
 
-/// Packs events into responses: one, or for a watcher that asked for it,
-/// fragments no larger than the limit, all but the last marked `fragment`.
+/// Packs encoded events into responses: one, or for a watcher that asked
+/// for it, fragments no larger than the limit, all but the last marked
+/// `fragment`.
 fn responses(
     hub: &Hub,
     id: i64,
     rev: i64,
-    events: Vec<Event>,
+    events: Vec<Bytes>,
     fragment: bool,
-) -> Vec<WatchResponse> {
-    let whole = WatchResponse {
+) -> Vec<EncodedWatchResponse> {
+    let whole = EncodedWatchResponse {
         header: hub.header(rev),
         watch_id: id,
         events,
         ..Default::default()
     };
-    if !fragment || prost::Message::encoded_len(&whole) <= FRAGMENT_BYTES {
+    if !fragment || whole.encoded_len() <= FRAGMENT_BYTES {
         return vec![whole];
     }
     let mut out = Vec::new();
     let mut part = Vec::new();
     let mut size = 0;
     for e in whole.events {
-        let n = prost::Message::encoded_len(&e) + 8;
+        // The event, its field tag and its length prefix.
+        let n = e.len() + 8;
         if !part.is_empty() && size + n > FRAGMENT_BYTES {
             out.push(std::mem::take(&mut part));
             size = 0;
@@ -436,7 +467,7 @@ fn responses(
     let last = out.len() - 1;
     out.into_iter()
         .enumerate()
-        .map(|(i, events)| WatchResponse {
+        .map(|(i, events)| EncodedWatchResponse {
             header: hub.header(rev),
             watch_id: id,
             events,
