@@ -125,10 +125,8 @@ impl Node {
         let publish = {
             let hub = hub.clone();
             Box::new(move |batch: &[roster_store::Applied], rev: i64| {
-                let events: Vec<_> = batch
-                    .iter()
-                    .flat_map(|a| a.events.iter().cloned())
-                    .collect();
+                let events: Vec<&roster_proto::mvccpb::Event> =
+                    batch.iter().flat_map(|a| a.events.iter()).collect();
                 hub.publish(&events, rev);
             })
         };

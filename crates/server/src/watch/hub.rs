@@ -1,5 +1,6 @@
 //! The registry of watchers and live delivery of published events.
 
+use std::borrow::Borrow;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -149,7 +150,7 @@ impl Hub {
     /// Called by the writer, in revision order, after the store published
     /// them. Never blocks: a watcher that cannot take its events now is
     /// switched to catch-up.
-    pub fn publish(&self, events: &[Event], rev: i64) {
+    pub fn publish<E: Borrow<Event>>(&self, events: &[E], rev: i64) {
         let mut st = self.state.lock();
         if rev <= st.last_rev {
             return;
@@ -166,7 +167,7 @@ impl Hub {
                     continue;
                 }
                 let mut mine = Vec::new();
-                for (i, e) in events.iter().enumerate() {
+                for (i, e) in events.iter().map(Borrow::borrow).enumerate() {
                     let fresh =
                         e.kv.as_ref()
                             .is_some_and(|kv| kv.mod_revision >= w.next_rev);
