@@ -18,14 +18,16 @@
 #             costs apart from the watchers on it.
 #   watchers: VmRSS once it answers, then `roster bench hold-watchers`
 #             (N watchers on N distinct keys, 1000 streams over 10
-#             connections); VmRSS at the end of the hold. Memory per
-#             watcher = (RSS holding - RSS before) / N; it includes the
-#             streams' and connections' share.
+#             connections); VmRSS during the hold, the median of one
+#             sample a second (etcd's moves with Go's garbage collector).
+#             Memory per watcher = (RSS holding - RSS before) / N; it
+#             includes the streams' and connections' share.
 #   leases:   VmRSS once it answers, then `roster bench hold-leases` (N
 #             leases of TTL 30 s, each renewed every 10 s over 100 streams
 #             on 10 connections). Server CPU (utime + stime from
 #             /proc/PID/stat) over the hold, which begins once every lease
-#             is granted, divided by the keepalives answered in it.
+#             is granted and the server has caught up with the keepalives
+#             sent meanwhile, divided by the keepalives answered in it.
 # The bench prints "holding" and "hold over" on stderr; the script reads
 # /proc when it sees them (polling every 20 ms), so its window matches the
 # bench's to within a few tens of milliseconds. The load generator shares
@@ -131,7 +133,8 @@ hold() {
   : >"$err"
   # Let start-up work (etcd's first snapshot, allocator warm-up) settle.
   sleep 2
-  local rss0 bpid c0 c1 t0 t1 now next rss1 load
+  local rss0 bpid c0 c1 t0 t1 now next rss1 load samples="$work/rss-samples"
+  : >"$samples"
   rss0=$(rss_kb "$pid")
   load=$(cut -d' ' -f1-3 /proc/loadavg)
   log "round $round $server: $life (RSS before $((rss0 / 1024)) MiB, load $load)"
@@ -149,15 +152,17 @@ hold() {
   while ! grep -q "hold over" "$err" && kill -0 "$bpid" 2>/dev/null; do
     now=$(date +%s%N)
     if ((now >= next)); then
+      rss1=$(rss_kb "$pid")
+      echo "$rss1" >>"$samples"
       printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$server" "$life" "$(((now - t0) / 1000000))" \
-        "$(cpu_ticks "$pid")" "$(rss_kb "$pid")" >>"$timeline"
+        "$(cpu_ticks "$pid")" "$rss1" >>"$timeline"
       next=$((next + 1000000000))
     fi
     sleep 0.02
   done
   c1=$(cpu_ticks "$pid")
   t1=$(date +%s%N)
-  rss1=$(rss_kb "$pid")
+  rss1=$(sort -n "$samples" | awk '{v[NR] = $1} END {print NR ? v[int((NR + 1) / 2)] : "null"}')
   local rc=0
   wait "$bpid" || rc=$?
   if ((rc != 0)); then
@@ -241,6 +246,8 @@ table = [
     ("cores per 1k keepalives/s", "leases",
      lambda r: (r["cpu_s"] / r["window_s"]) / (r["report"]["rps"] / 1000), "cores"),
     ("leases lost", "leases", lambda r: r["report"]["extra"]["lost_leases"], "leases"),
+    ("wait after the last grant until caught up", "leases",
+     lambda r: r["report"]["extra"]["settle_s"], "s"),
 ]
 
 def fmt(x):
@@ -277,6 +284,13 @@ rm, em = marginal("roster"), marginal("etcd")
 if rm is not None and em is not None:
     print(f"| memory per watcher beyond one per stream (watchers − streams lives) | bytes | "
           f"{fmt(rm)} | {fmt(em)} | {rm / em:.2f}× |")
+
+behind = [(r["server"], r["round"]) for r in rows
+          if r["life"] == "leases" and r["report"]
+          and not r["report"]["extra"].get("caught_up_before_hold", True)]
+if behind:
+    print()
+    print("Still behind on keepalives when the hold began (server, round):", behind)
 
 bad = [(r["server"], r["life"], r["round"], r["exit"],
         (r["report"] or {}).get("errors"), (r["report"] or {}).get("error_samples"))

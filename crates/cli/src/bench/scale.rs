@@ -24,12 +24,15 @@
 //! every ttl/3, as etcd's clients do: a stream's leases fall into
 //! [`TICK`]-wide slots of that period and each tick sends one slot, so the
 //! offered rate is an even `leases × 3 / ttl` keepalives per second with no
-//! bursts. Answers are matched to requests by lease id. The report's count
-//! is the keepalives answered during the hold, its latencies their round
-//! trips. A lease answered with TTL 0 is lost (the server let it expire or
-//! forgot it): each one is an error, as is a stream that fails and a
-//! keepalive still unanswered once the streams are closed. Leases are
-//! revoked at the end unless `--no-revoke` is given.
+//! bursts. Granting is the heavier load, and a server may fall behind on
+//! keepalives during it, so the hold starts only once every keepalive sent
+//! before the last grant has been answered (waiting at most one TTL; the
+//! report says how long it took and whether it caught up). The report's
+//! count is the keepalives answered during the hold, its latencies their
+//! round trips. A lease answered with TTL 0 is lost (the server let it
+//! expire or forgot it): each one is an error, as is a stream that fails
+//! and a keepalive still unanswered once the streams are closed. Leases
+//! are revoked at the end unless `--no-revoke` is given.
 //!
 //! etcd (grpc-go) sends a stream's response headers only with its first
 //! message, so a keepalive stream's receiver awaits the call in its own
@@ -51,7 +54,7 @@ use roster_proto::etcdserverpb::{
     WatchResponse,
 };
 use serde_json::{json, Map, Value};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::JoinSet;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
@@ -362,6 +365,9 @@ struct Tally {
 struct InFlight {
     sent: VecDeque<(i64, Instant)>,
     lost: HashSet<i64>,
+    /// Set while the caller waits for every keepalive sent before this
+    /// instant to be answered; `caught_up` is notified when they are.
+    mark: Option<Instant>,
 }
 
 impl InFlight {
@@ -369,6 +375,11 @@ impl InFlight {
     fn answered(&mut self, id: i64) -> Option<Instant> {
         let at = self.sent.iter().position(|&(x, _)| x == id)?;
         self.sent.remove(at).map(|(_, t)| t)
+    }
+
+    /// True when nothing sent before `mark` is still in flight.
+    fn answered_up_to(&self, mark: Instant) -> bool {
+        self.sent.front().is_none_or(|&(_, t)| t >= mark)
     }
 }
 
@@ -379,6 +390,7 @@ struct Keeper {
     index: usize,
     streams: usize,
     flight: Arc<Mutex<InFlight>>,
+    caught_up: Arc<Notify>,
     tally: Arc<Tally>,
     stop: watch::Receiver<bool>,
 }
@@ -467,7 +479,12 @@ impl Keeper {
                     let msg = "lease lost (keepalive answered TTL 0)";
                     sample(&self.tally.samples, msg.into());
                 }
-                f.answered(r.id)
+                let sent = f.answered(r.id);
+                if f.mark.is_some_and(|m| f.answered_up_to(m)) {
+                    f.mark = None;
+                    self.caught_up.notify_one();
+                }
+                sent
             };
             if r.ttl > 0 {
                 self.tally.alive.fetch_add(1, Ordering::Relaxed);
@@ -538,7 +555,7 @@ pub async fn hold_leases(a: HoldLeasesArgs) -> Result<(), String> {
     let rec = Arc::new(Recorder::new());
     let (stop_tx, stop) = watch::channel(false);
     let (mut feeds, mut renewers, mut readers) = (Vec::new(), JoinSet::new(), JoinSet::new());
-    let mut flights = Vec::new();
+    let mut keepers = Vec::new();
     for i in 0..streams {
         let (feed, fed) = mpsc::channel(1024);
         let (tx, reqs) = mpsc::channel(1024);
@@ -547,14 +564,15 @@ pub async fn hold_leases(a: HoldLeasesArgs) -> Result<(), String> {
         let keeper = Keeper {
             index: i,
             streams,
-            flight: flight.clone(),
+            flight,
+            caught_up: Arc::new(Notify::new()),
             tally: tally.clone(),
             stop: stop.clone(),
         };
         readers.spawn(keeper.clone().answers(ch, reqs, rec.clone()));
-        renewers.spawn(keeper.renew(fed, tx, slots));
+        renewers.spawn(keeper.clone().renew(fed, tx, slots));
         feeds.push(feed);
-        flights.push(flight);
+        keepers.push(keeper);
     }
 
     let feeds = Arc::new(feeds);
@@ -583,6 +601,29 @@ pub async fn hold_leases(a: HoldLeasesArgs) -> Result<(), String> {
             grants.error_samples
         ));
     }
+
+    // The hold starts once the server has answered every keepalive sent
+    // while it was granting: a server still working off a backlog is not
+    // in its steady state. At most one TTL is waited for that.
+    let granted_at = Instant::now();
+    let mut behind = Vec::new();
+    for k in &keepers {
+        let mut f = k.flight.lock();
+        if !f.answered_up_to(granted_at) {
+            f.mark = Some(granted_at);
+            behind.push(k.caught_up.clone());
+        }
+    }
+    let caught_up = tokio::time::timeout(Duration::from_secs(a.ttl as u64), async {
+        for k in behind {
+            k.notified().await;
+        }
+    })
+    .await
+    .is_ok();
+    let settle = granted_at.elapsed();
+    let in_flight = |ks: &[Keeper]| ks.iter().map(|k| k.flight.lock().sent.len()).sum::<usize>();
+    let backlog = in_flight(&keepers);
 
     eprintln!(
         "hold-leases: holding {} leases for {} s",
@@ -619,7 +660,7 @@ pub async fn hold_leases(a: HoldLeasesArgs) -> Result<(), String> {
             ),
         );
     }
-    let unanswered: usize = flights.iter().map(|f| f.lock().sent.len()).sum();
+    let unanswered = in_flight(&keepers);
 
     let mut extra = Map::new();
     if !a.no_revoke {
@@ -655,6 +696,9 @@ pub async fn hold_leases(a: HoldLeasesArgs) -> Result<(), String> {
         "lost_leases": lost,
         "failed_streams": failed,
         "unanswered": unanswered,
+        "settle_s": settle.as_secs_f64(),
+        "caught_up_before_hold": caught_up,
+        "in_flight_at_hold_start": backlog,
     })));
     for e in grants.error_samples {
         sample(&tally.samples, e);
