@@ -88,9 +88,8 @@ impl Fanout {
                 synced: true,
                 active: false,
             };
-            let mut st = hub.state.lock();
-            let stream = st.streams.get_mut(&id).expect("the stream just opened");
-            stream.watchers.insert(0, watcher);
+            let added = hub.state.lock().add_watcher(id, 0, watcher);
+            assert!(added.is_ok(), "the stream just opened");
             queues.push(Box::new(move || {
                 let mut n = 0;
                 while rx.try_recv().is_ok() {

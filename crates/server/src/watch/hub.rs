@@ -14,6 +14,8 @@ use roster_store::index::KeyRange;
 use roster_store::Store;
 use tokio::sync::{mpsc, Notify};
 
+use super::index::{WatchIndex, WatcherId};
+
 /// What flows to a watch stream's client: responses whose events are
 /// already encoded (see `proto/roster/watch.proto`).
 pub type Outbound = mpsc::Sender<Result<EncodedWatchResponse, tonic::Status>>;
@@ -64,7 +66,9 @@ pub struct Watcher {
 
 /// One watch stream's share of the hub.
 pub struct StreamEntry {
-    /// The stream's watchers by watch id.
+    /// The stream's watchers by watch id. Add and remove them through
+    /// [`HubState::add_watcher`] and [`HubState::remove_watcher`], which
+    /// keep the key index in step.
     pub watchers: HashMap<i64, Watcher>,
     /// The stream's outbound queue.
     pub tx: Outbound,
@@ -79,6 +83,31 @@ pub struct HubState {
     /// Streams by id.
     pub streams: HashMap<u64, StreamEntry>,
     next_stream: u64,
+    /// Every watcher by the keys it watches.
+    index: WatchIndex,
+}
+
+impl HubState {
+    /// Adds watcher `watch_id` to stream `stream`. Gives the watcher back
+    /// if the stream is gone or already has that id.
+    pub fn add_watcher(&mut self, stream: u64, watch_id: i64, w: Watcher) -> Result<(), Watcher> {
+        let Some(entry) = self.streams.get_mut(&stream) else {
+            return Err(w);
+        };
+        if entry.watchers.contains_key(&watch_id) {
+            return Err(w);
+        }
+        self.index.insert(&w.selector.range, (stream, watch_id));
+        entry.watchers.insert(watch_id, w);
+        Ok(())
+    }
+
+    /// Removes watcher `watch_id` of stream `stream`, if it is there.
+    pub fn remove_watcher(&mut self, stream: u64, watch_id: i64) -> Option<Watcher> {
+        let w = self.streams.get_mut(&stream)?.watchers.remove(&watch_id)?;
+        self.index.remove(&w.selector.range, (stream, watch_id));
+        Some(w)
+    }
 }
 
 /// Every watcher, and live delivery to them.
@@ -104,6 +133,7 @@ impl Hub {
                 last_rev: store.revision(),
                 streams: HashMap::new(),
                 next_stream: 0,
+                index: WatchIndex::default(),
             }),
             store,
             member: (cluster_id, member_id, term),
@@ -143,7 +173,12 @@ impl Hub {
 
     /// Forgets a stream and its watchers.
     pub fn close_stream(&self, id: u64) {
-        self.state.lock().streams.remove(&id);
+        let mut st = self.state.lock();
+        if let Some(stream) = st.streams.remove(&id) {
+            for (watch_id, w) in stream.watchers {
+                st.index.remove(&w.selector.range, (id, watch_id));
+            }
+        }
     }
 
     /// Delivers one durable batch's events, all at revisions up to `rev`.
@@ -151,63 +186,84 @@ impl Hub {
     /// them. Never blocks: a watcher that cannot take its events now is
     /// switched to catch-up.
     pub fn publish<E: Borrow<Event>>(&self, events: &[E], rev: i64) {
-        let mut st = self.state.lock();
+        let mut guard = self.state.lock();
+        let st = &mut *guard;
         if rev <= st.last_rev {
             return;
         }
+        let first_rev = st.last_rev + 1;
         st.last_rev = rev;
+        // Every (watcher, event) pair the index finds, grouped by watcher
+        // with each watcher's events in order (a sort, not a map of vectors:
+        // one allocation however many watchers).
+        let mut hits: Vec<(WatcherId, usize)> = Vec::new();
+        for (i, e) in events.iter().map(Borrow::borrow).enumerate() {
+            if let Some(kv) = &e.kv {
+                st.index.matching(&kv.key, |id| hits.push((id, i)));
+            }
+        }
+        if events.len() > 1 {
+            hits.sort_unstable();
+        }
         // Each event is encoded at most twice (with and without its previous
         // key-value), however many watchers receive it.
         let mut plain: Vec<Option<Bytes>> = vec![None; events.len()];
         let mut with_prev: Vec<Option<Bytes>> = vec![None; events.len()];
-        for stream in st.streams.values_mut() {
-            let mut wake = false;
-            for (&watch_id, w) in stream.watchers.iter_mut() {
-                if !w.synced {
-                    continue;
-                }
-                let mut mine = Vec::new();
-                for (i, e) in events.iter().map(Borrow::borrow).enumerate() {
-                    let fresh =
-                        e.kv.as_ref()
-                            .is_some_and(|kv| kv.mod_revision >= w.next_rev);
-                    if !fresh || !w.selector.wants(e) {
-                        continue;
-                    }
-                    let bytes = if w.selector.prev_kv {
-                        with_prev[i].get_or_insert_with(|| {
-                            let mut e = e.clone();
-                            e.prev_kv = prev_of(&self.store, &e);
-                            encode_event(&e)
-                        })
-                    } else {
-                        plain[i].get_or_insert_with(|| encode_event(e))
-                    };
-                    mine.push(bytes.clone());
-                }
-                if mine.is_empty() {
-                    w.next_rev = w.next_rev.max(rev + 1);
-                    continue;
-                }
-                let resp = EncodedWatchResponse {
-                    header: self.header(rev),
-                    watch_id,
-                    events: mine,
-                    ..Default::default()
-                };
-                // Large responses that must be fragmented go the catch-up
-                // way, which can send several messages in order.
-                let too_big = w.selector.fragment && resp.encoded_len() > FRAGMENT_BYTES;
-                if too_big || stream.tx.try_send(Ok(resp)).is_err() {
-                    w.synced = false;
-                    wake = true;
-                } else {
-                    w.next_rev = rev + 1;
-                    w.active = true;
-                }
+        for group in hits.chunk_by(|a, b| a.0 == b.0) {
+            let (stream_id, watch_id) = group[0].0;
+            let picks = group.iter().map(|&(_, i)| i);
+            let Some(stream) = st.streams.get_mut(&stream_id) else {
+                continue;
+            };
+            let Some(w) = stream.watchers.get_mut(&watch_id) else {
+                continue;
+            };
+            if !w.synced {
+                continue;
             }
-            if wake {
+            let mut mine = Vec::new();
+            for i in picks {
+                let e = events[i].borrow();
+                // Catch-up may already have sent it: the store publishes a
+                // batch to readers before the hub hears of it.
+                let fresh =
+                    e.kv.as_ref()
+                        .is_some_and(|kv| kv.mod_revision >= w.next_rev);
+                if !fresh || !w.selector.wants(e) {
+                    continue;
+                }
+                let bytes = if w.selector.prev_kv {
+                    with_prev[i].get_or_insert_with(|| {
+                        let mut e = e.clone();
+                        e.prev_kv = prev_of(&self.store, &e);
+                        encode_event(&e)
+                    })
+                } else {
+                    plain[i].get_or_insert_with(|| encode_event(e))
+                };
+                mine.push(bytes.clone());
+            }
+            if mine.is_empty() {
+                continue;
+            }
+            let resp = EncodedWatchResponse {
+                header: self.header(rev),
+                watch_id,
+                events: mine,
+                ..Default::default()
+            };
+            // Large responses that must be fragmented go the catch-up way,
+            // which can send several messages in order.
+            let too_big = w.selector.fragment && resp.encoded_len() > FRAGMENT_BYTES;
+            if too_big || stream.tx.try_send(Ok(resp)).is_err() {
+                // A watcher's cursor moves only when it is sent something,
+                // so catch-up starts from this batch at the latest.
+                w.synced = false;
+                w.next_rev = w.next_rev.max(first_rev);
                 stream.wake.notify_one();
+            } else {
+                w.next_rev = rev + 1;
+                w.active = true;
             }
         }
     }

@@ -22,5 +22,6 @@
 //! wire trick that lets etcd clients read them as a plain `WatchResponse`).
 
 pub mod hub;
+pub mod index;
 pub mod server;
 pub mod stream;

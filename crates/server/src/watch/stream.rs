@@ -183,11 +183,7 @@ impl StreamTask {
                 let (found, rev) = {
                     let mut st = self.hub.state.lock();
                     let rev = st.last_rev;
-                    let found = st
-                        .streams
-                        .get_mut(&self.id)
-                        .and_then(|s| s.watchers.remove(&c.watch_id))
-                        .is_some();
+                    let found = st.remove_watcher(self.id, c.watch_id).is_some();
                     (found, rev)
                 };
                 // etcd answers only a cancel of a watcher that exists.
@@ -258,32 +254,29 @@ impl StreamTask {
                 self.next_auto_id += 1;
                 self.next_auto_id - 1
             };
-            match stream.watchers.entry(id) {
-                std::collections::hash_map::Entry::Occupied(_) => Err(()),
-                std::collections::hash_map::Entry::Vacant(slot) => {
-                    let filters = |f: FilterType| c.filters.contains(&(f as i32));
-                    slot.insert(Watcher {
-                        selector: Selector {
-                            range,
-                            no_put: filters(FilterType::Noput),
-                            no_delete: filters(FilterType::Nodelete),
-                            prev_kv: c.prev_kv,
-                            fragment: c.fragment,
-                        },
-                        progress_notify: c.progress_notify,
-                        next_rev: if c.start_revision > 0 {
-                            c.start_revision
-                        } else {
-                            rev + 1
-                        },
-                        // Every watcher starts with one catch-up pass, which
-                        // syncs it at once when there is no history to send.
-                        synced: false,
-                        active: false,
-                    });
-                    Ok((id, rev))
-                }
-            }
+            let filters = |f: FilterType| c.filters.contains(&(f as i32));
+            let watcher = Watcher {
+                selector: Selector {
+                    range,
+                    no_put: filters(FilterType::Noput),
+                    no_delete: filters(FilterType::Nodelete),
+                    prev_kv: c.prev_kv,
+                    fragment: c.fragment,
+                },
+                progress_notify: c.progress_notify,
+                next_rev: if c.start_revision > 0 {
+                    c.start_revision
+                } else {
+                    rev + 1
+                },
+                // Every watcher starts with one catch-up pass, which syncs
+                // it at once when there is no history to send.
+                synced: false,
+                active: false,
+            };
+            st.add_watcher(self.id, id, watcher)
+                .map(|()| (id, rev))
+                .map_err(|_| ())
         };
         match outcome {
             Ok((id, rev)) => {
@@ -378,9 +371,7 @@ impl StreamTask {
                     let compacted = matches!(e, StoreError::Compacted);
                     let (rev, compact_rev) = {
                         let mut st = self.hub.state.lock();
-                        if let Some(s) = st.streams.get_mut(&self.id) {
-                            s.watchers.remove(&id);
-                        }
+                        st.remove_watcher(self.id, id);
                         (st.last_rev, self.hub.store().compact_revision())
                     };
                     let resp = EncodedWatchResponse {
