@@ -21,7 +21,9 @@
 #             connections); VmRSS during the hold, the median of one
 #             sample a second (etcd's moves with Go's garbage collector).
 #             Memory per watcher = (RSS holding - RSS before) / N; it
-#             includes the streams' and connections' share.
+#             includes the streams' and connections' share. RssAnon is
+#             recorded beside VmRSS: etcd maps its database file, and
+#             VmRSS counts the resident pages of that file too.
 #   leases:   VmRSS once it answers, then `roster bench hold-leases` (N
 #             leases of TTL 30 s, each renewed every 10 s over 100 streams
 #             on 10 connections). Server CPU (utime + stime from
@@ -72,7 +74,7 @@ mkdir -p "$out"
 raw="$out/raw.jsonl"
 timeline="$out/timeline.tsv"
 : >"$raw"
-printf 'round\tserver\tlife\tms_into_hold\tcpu_ticks\trss_kb\n' >"$timeline"
+printf 'round\tserver\tlife\tms_into_hold\tcpu_ticks\trss_kb\trss_anon_kb\n' >"$timeline"
 work="$(mktemp -d /tmp/roster-scale.XXXXXX)"
 pids=()
 cleanup() {
@@ -123,6 +125,10 @@ stop() {
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
+# Anonymous memory only: etcd maps its database file, and VmRSS also counts
+# the file's pages that are resident.
+anon_kb() { awk '/^RssAnon:/ {print $2}' "/proc/$1/status"; }
+median() { sort -n "$1" | awk '{v[NR] = $1} END {print NR ? v[int((NR + 1) / 2)] : "null"}'; }
 
 # hold ROUND SERVER LIFE ARGS...: runs `roster bench ARGS --json` against
 # the running server and records RSS before, RSS at the end of the hold,
@@ -133,9 +139,11 @@ hold() {
   : >"$err"
   # Let start-up work (etcd's first snapshot, allocator warm-up) settle.
   sleep 2
-  local rss0 bpid c0 c1 t0 t1 now next rss1 load samples="$work/rss-samples"
-  : >"$samples"
+  local rss0 anon0 bpid c0 c1 t0 t1 now next rss1 anon1 load
+  : >"$work/rss-samples"
+  : >"$work/anon-samples"
   rss0=$(rss_kb "$pid")
+  anon0=$(anon_kb "$pid")
   load=$(cut -d' ' -f1-3 /proc/loadavg)
   log "round $round $server: $life (RSS before $((rss0 / 1024)) MiB, load $load)"
   "$roster" bench "$@" --endpoints "$ep" --json >"$json" 2>"$err" &
@@ -153,16 +161,19 @@ hold() {
     now=$(date +%s%N)
     if ((now >= next)); then
       rss1=$(rss_kb "$pid")
-      echo "$rss1" >>"$samples"
-      printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$server" "$life" "$(((now - t0) / 1000000))" \
-        "$(cpu_ticks "$pid")" "$rss1" >>"$timeline"
+      anon1=$(anon_kb "$pid")
+      echo "$rss1" >>"$work/rss-samples"
+      echo "$anon1" >>"$work/anon-samples"
+      printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$server" "$life" "$(((now - t0) / 1000000))" \
+        "$(cpu_ticks "$pid")" "$rss1" "$anon1" >>"$timeline"
       next=$((next + 1000000000))
     fi
     sleep 0.02
   done
   c1=$(cpu_ticks "$pid")
   t1=$(date +%s%N)
-  rss1=$(sort -n "$samples" | awk '{v[NR] = $1} END {print NR ? v[int((NR + 1) / 2)] : "null"}')
+  rss1=$(median "$work/rss-samples")
+  anon1=$(median "$work/anon-samples")
   local rc=0
   wait "$bpid" || rc=$?
   if ((rc != 0)); then
@@ -171,8 +182,8 @@ hold() {
   local report
   report=$(cat "$json")
   [ -n "$report" ] || report=null
-  printf '{"round":%s,"server":"%s","life":"%s","n":%s,"rss_before_kb":%s,"rss_hold_kb":%s,"cpu_s":%s,"window_s":%s,"exit":%s,"load":"%s","report":%s}\n' \
-    "$round" "$server" "$life" "$n" "$rss0" "$rss1" \
+  printf '{"round":%s,"server":"%s","life":"%s","n":%s,"rss_before_kb":%s,"rss_hold_kb":%s,"anon_before_kb":%s,"anon_hold_kb":%s,"cpu_s":%s,"window_s":%s,"exit":%s,"load":"%s","report":%s}\n' \
+    "$round" "$server" "$life" "$n" "$rss0" "$rss1" "$anon0" "$anon1" \
     "$(awk -v a="$c0" -v b="$c1" 'BEGIN {print (b - a) / 100}')" \
     "$(awk -v a="$t0" -v b="$t1" 'BEGIN {print (b - a) / 1e9}')" \
     "$rc" "$load" "$report" >>"$raw"
@@ -225,11 +236,15 @@ mib = lambda kb: kb / 1024
 def per_watcher(r):
     return (r["rss_hold_kb"] - r["rss_before_kb"]) * 1024 / r["report"]["count"]
 
+def per_watcher_anon(r):
+    return (r["anon_hold_kb"] - r["anon_before_kb"]) * 1024 / r["report"]["count"]
+
 table = [
     ("memory per stream, with its one watcher", "streams", per_watcher, "bytes"),
     ("RSS before", "watchers", lambda r: mib(r["rss_before_kb"]), "MiB"),
     ("RSS holding the watchers", "watchers", lambda r: mib(r["rss_hold_kb"]), "MiB"),
     ("memory per watcher", "watchers", per_watcher, "bytes"),
+    ("memory per watcher, RssAnon", "watchers", per_watcher_anon, "bytes"),
     ("watcher creation", "watchers", lambda r: r["report"]["rps"], "watchers/s"),
     ("watcher creation p99", "watchers", lambda r: r["report"]["latency_ms"]["p99"], "ms"),
     ("RSS before", "leases", lambda r: mib(r["rss_before_kb"]), "MiB"),
@@ -237,8 +252,12 @@ table = [
     ("memory per lease", "leases",
      lambda r: (r["rss_hold_kb"] - r["rss_before_kb"]) * 1024 / r["report"]["extra"]["granted"],
      "bytes"),
+    ("memory per lease, RssAnon", "leases",
+     lambda r: (r["anon_hold_kb"] - r["anon_before_kb"]) * 1024 / r["report"]["extra"]["granted"],
+     "bytes"),
     ("lease grants (100 clients)", "leases", lambda r: r["report"]["extra"]["grants_per_s"], "grants/s"),
     ("keepalives answered in the hold", "leases", lambda r: r["report"]["rps"], "per s"),
+    ("keepalive round trip p50", "leases", lambda r: r["report"]["latency_ms"]["p50"], "ms"),
     ("keepalive round trip p99", "leases", lambda r: r["report"]["latency_ms"]["p99"], "ms"),
     ("server CPU in the hold", "leases", lambda r: r["cpu_s"] / r["window_s"], "cores"),
     ("server CPU per keepalive", "leases",
