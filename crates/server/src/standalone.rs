@@ -8,9 +8,10 @@
 //! synced the next one queues, so throughput grows with concurrency instead
 //! of being capped at one fsync per write (group commit).
 //!
-//! Every [`CHECKPOINT_EVERY`] of writing, the writer makes the store itself
-//! durable and drops the log segments the store no longer needs, so a
-//! restart replays at most that much log (see `roster_store::wal`).
+//! Every [`CHECKPOINT_EVERY`] of writing, and that long after the last write,
+//! the writer makes the store itself durable and drops the log segments the
+//! store no longer needs, so a restart replays at most that much log (see
+//! `roster_store::wal`).
 //!
 //! A storage failure on this path is fatal: the in-memory state may be ahead
 //! of the disk, so the writer stops, every pending and later proposal gets
@@ -154,7 +155,35 @@ fn writer(
 ) {
     let mut batch: Vec<Proposal> = Vec::with_capacity(MAX_BATCH);
     let mut checkpointed = Instant::now();
-    while let Some(first) = rx.blocking_recv() {
+    // Batches applied since the last checkpoint.
+    let mut dirty = false;
+    // A clock to wait for the next proposal with a deadline, so that a
+    // burst of writes followed by silence is checkpointed too and a restart
+    // after it replays nothing. Without one, checkpoints wait for writes.
+    let clock = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .ok();
+    loop {
+        let next = match (&clock, dirty) {
+            (Some(clock), true) => {
+                let left = CHECKPOINT_EVERY.saturating_sub(checkpointed.elapsed());
+                // The timer is made inside the clock's context: it needs one.
+                match clock.block_on(async { tokio::time::timeout(left, rx.recv()).await }) {
+                    Ok(next) => next,
+                    Err(_idle) => {
+                        if let Err(e) = checkpoint(&shared.store, &mut wal) {
+                            return fail(&shared, &mut rx, Vec::new(), e);
+                        }
+                        checkpointed = Instant::now();
+                        dirty = false;
+                        continue;
+                    }
+                }
+            }
+            _ => rx.blocking_recv(),
+        };
+        let Some(first) = next else { break };
         batch.push(first);
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
@@ -197,11 +226,13 @@ fn writer(
                 for (p, applied) in after_cleanup {
                     let _ = p.done.send(Ok(applied));
                 }
+                dirty = true;
                 if checkpointed.elapsed() >= CHECKPOINT_EVERY {
                     if let Err(e) = checkpoint(&shared.store, &mut wal) {
                         return fail(&shared, &mut rx, Vec::new(), e);
                     }
                     checkpointed = Instant::now();
+                    dirty = false;
                 }
             }
             Err(e) => return fail(&shared, &mut rx, std::mem::take(&mut batch), e),

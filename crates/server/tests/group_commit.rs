@@ -45,3 +45,29 @@ async fn concurrent_puts_share_batches() {
     );
     node.stop();
 }
+
+/// After a write, silence: the writer checkpoints the store without
+/// waiting for the next write, so a crash now would replay nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_writer_checkpoints_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::open(Config::new(dir.path())).unwrap();
+    let before = node.store.batches_committed();
+    let put = PutRequest {
+        key: b"k".to_vec(),
+        value: b"v".to_vec(),
+        ..Default::default()
+    };
+    node.propose(CommandKind::Put(put)).await.unwrap();
+    // Checkpoints are the store's only durable commits now; one is due
+    // 100 ms after the write.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    while node.store.batches_committed() == before {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no checkpoint within 5 s of the last write"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    node.stop();
+}

@@ -40,6 +40,10 @@ use crate::error::StoreError;
 /// segment).
 pub const SEGMENT_BYTES: u64 = 64 << 20;
 
+/// Released data in the active segment above which [`Wal::release`] starts
+/// a fresh segment rather than keep reading past it at every start.
+pub const ROLL_RELEASED_BYTES: u64 = 8 << 20;
+
 /// Length, checksum and index in front of every entry.
 const HEADER: usize = 16;
 
@@ -80,26 +84,62 @@ fn checksum(index: u64, payload: &[u8]) -> u32 {
     h.finalize()
 }
 
-/// The whole entries at the start of `bytes`, from `expect` on, and where
-/// they end.
-fn parse(bytes: &[u8], mut expect: Option<u64>) -> (Vec<(u64, &[u8])>, usize) {
-    let mut out = Vec::new();
-    let mut at = 0;
-    while let Some(head) = bytes.get(at..at + HEADER) {
+/// How reading a segment ended.
+struct SegmentEnd {
+    /// Where the whole entries end: the next entry goes here.
+    at: u64,
+    /// True at the end of the file or the preallocated zeros; false at an
+    /// entry that is not whole.
+    clean: bool,
+}
+
+/// Reads the whole entries at the start of the segment `file`, from
+/// `expect` on, and hands each to `each`. Reads no further than the first
+/// entry that is not whole, so a mostly empty preallocated segment costs
+/// what it holds, not its size.
+fn read_segment(
+    file: File,
+    mut expect: Option<u64>,
+    mut each: impl FnMut(u64, &[u8]) -> Result<(), StoreError>,
+) -> std::io::Result<Result<SegmentEnd, StoreError>> {
+    let mut r = std::io::BufReader::with_capacity(256 << 10, file);
+    let mut at = 0u64;
+    let mut head = [0u8; HEADER];
+    let mut payload = Vec::new();
+    loop {
+        if let Err(e) = r.read_exact(&mut head) {
+            return match e.kind() {
+                std::io::ErrorKind::UnexpectedEof => Ok(Ok(SegmentEnd { at, clean: true })),
+                _ => Err(e),
+            };
+        }
         let len = u32::from_le_bytes(head[0..4].try_into().expect("4 bytes")) as usize;
         let crc = u32::from_le_bytes(head[4..8].try_into().expect("4 bytes"));
         let index = u64::from_le_bytes(head[8..16].try_into().expect("8 bytes"));
-        let Some(payload) = bytes.get(at + HEADER..at + HEADER + len) else {
-            break;
-        };
-        if len == 0 || crc != checksum(index, payload) || expect.is_some_and(|e| e != index) {
-            break;
+        if len == 0 {
+            // Preallocated space: zeros from here on, unless a crash tore
+            // an entry whose length never reached the disk.
+            return Ok(Ok(SegmentEnd {
+                at,
+                clean: head == [0; HEADER],
+            }));
         }
-        out.push((index, payload));
+        payload.resize(len, 0);
+        if let Err(e) = r.read_exact(&mut payload) {
+            return match e.kind() {
+                std::io::ErrorKind::UnexpectedEof => Ok(Ok(SegmentEnd { at, clean: false })),
+                _ => Err(e),
+            };
+        }
+        if crc != checksum(index, &payload) || expect.is_some_and(|e| e != index) {
+            return Ok(Ok(SegmentEnd { at, clean: false }));
+        }
+        if let Err(e) = each(index, &payload) {
+            return Ok(Err(e));
+        }
         expect = Some(index + 1);
-        at += HEADER + len;
+        at += (HEADER + len) as u64;
     }
-    (out, at)
 }
 
 impl Wal {
@@ -137,28 +177,30 @@ impl Wal {
         let mut tail = None;
         let count = segments.len();
         for (i, (first, path)) in segments.iter().enumerate() {
-            let mut bytes = Vec::new();
-            File::open(path)
-                .and_then(|mut f| f.read_to_end(&mut bytes))
-                .map_err(|e| io("reading", path, e))?;
-            let (entries, end) = parse(&bytes, next.or(Some(*first)));
-            if i + 1 < count && bytes.get(end..end + 4).is_some_and(|l| l != [0; 4]) {
-                // Only the newest segment may end in a torn write: older
-                // ones were whole and synced before the next was started.
-                return Err(StoreError::Storage(format!(
-                    "log segment {} is damaged at byte {end}",
-                    path.display()
-                )));
-            }
-            if let Some(&(last, _)) = entries.last() {
-                next = Some(last + 1);
-            }
-            for (index, payload) in entries {
+            let file = File::open(path).map_err(|e| io("opening", path, e))?;
+            let mut last = None;
+            let end = read_segment(file, next.or(Some(*first)), |index, payload| {
+                last = Some(index);
                 if index > after {
                     replay.push((index, Command::decode(payload)?));
                 }
+                Ok(())
+            })
+            .map_err(|e| io("reading", path, e))??;
+            if i + 1 < count && !end.clean {
+                // Only the newest segment may end in a torn write: older
+                // ones were whole and synced before the next was started.
+                return Err(StoreError::Storage(format!(
+                    "log segment {} is damaged at byte {}",
+                    path.display(),
+                    end.at
+                )));
             }
-            tail = Some((*first, path.clone(), end as u64));
+            if let Some(last) = last {
+                next = Some(last + 1);
+            }
+            let end = end.at;
+            tail = Some((*first, path.clone(), end));
         }
         if let Some(&(first, _)) = replay.first() {
             if first != after + 1 {
@@ -250,7 +292,13 @@ impl Wal {
 
     /// Forgets entries up to `upto`, which the store now holds durably:
     /// deletes every sealed segment whose entries all lie at or below it.
+    /// When that is every entry and the active segment holds more than
+    /// [`ROLL_RELEASED_BYTES`], a fresh segment is started first, so the
+    /// old one goes too and a restart does not read through it.
     pub fn release(&mut self, upto: u64) -> Result<(), StoreError> {
+        if upto + 1 >= self.next && self.pos > ROLL_RELEASED_BYTES.min(self.segment_bytes / 2) {
+            self.roll(self.next)?;
+        }
         let mut keep = 0;
         while keep < self.sealed.len() {
             let next_first = self.sealed.get(keep + 1).map_or(self.active_first, |s| s.0);

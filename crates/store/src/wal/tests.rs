@@ -171,3 +171,30 @@ fn a_store_ahead_of_the_log_starts_a_fresh_segment() {
     let (_, replay) = Wal::open(dir.path(), 9).unwrap();
     assert_eq!(indexes(&replay), vec![10, 11]);
 }
+
+#[test]
+fn releasing_everything_starts_afresh_once_the_segment_is_large() {
+    let dir = tempfile::tempdir().unwrap();
+    let entry = (HEADER + put(1).encoded_len()) as u64;
+    // Half a segment is the threshold here: 4 entries of a 10-entry segment
+    // stay, 6 roll over.
+    let size = 10 * entry;
+    let (mut wal, _) = Wal::open_sized(dir.path(), 0, size).unwrap();
+    wal.append(&entries(1, 4)).unwrap();
+    wal.release(4).unwrap();
+    assert_eq!(segment_files(dir.path()), vec![segment_name(1)]);
+    wal.append(&entries(5, 6)).unwrap();
+    // Not everything is released: nothing rolls.
+    wal.release(5).unwrap();
+    assert_eq!(segment_files(dir.path()), vec![segment_name(1)]);
+    wal.release(6).unwrap();
+    assert_eq!(segment_files(dir.path()), vec![segment_name(7)]);
+    drop(wal);
+    let (mut wal, replay) = Wal::open_sized(dir.path(), 6, size).unwrap();
+    assert!(replay.is_empty());
+    assert_eq!(wal.next_index(), 7);
+    wal.append(&entries(7, 7)).unwrap();
+    drop(wal);
+    let (_, replay) = Wal::open_sized(dir.path(), 6, size).unwrap();
+    assert_eq!(indexes(&replay), vec![7]);
+}
