@@ -15,7 +15,7 @@
 //!   records it may ask for are still in its snapshot.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 use parking_lot::{Mutex, RwLock};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata};
@@ -94,6 +94,8 @@ pub struct Store {
     state: RwLock<State>,
     /// Records dropped from the index, still to be deleted from redb.
     garbage: Mutex<Vec<Revision>>,
+    /// `published_rev`, readable without the state lock.
+    published: AtomicI64,
     /// Durable commits made by `apply_batch` and `checkpoint`: with group
     /// commit, fewer than the commands applied.
     batches: AtomicU64,
@@ -165,15 +167,17 @@ impl Store {
                 applied_index,
             }),
             garbage: Mutex::new(garbage),
+            published: AtomicI64::new(current),
             batches: AtomicU64::new(0),
         };
         store.finish_compaction()?;
         Ok(store)
     }
 
-    /// The newest durable revision.
+    /// The newest durable revision. Lock-free: every response header asks
+    /// for it, and must not wait behind a batch being applied.
     pub fn revision(&self) -> i64 {
-        self.state.read().published_rev
+        self.published.load(Ordering::Acquire)
     }
 
     /// The revision history has been compacted to; -1 if never compacted.
@@ -295,6 +299,7 @@ impl Store {
 
         let mut st = self.state.write();
         st.published_rev = rev;
+        self.published.store(rev, Ordering::Release);
         if compact > st.compact_rev {
             st.compact_rev = compact;
             let dropped = st.index.compact(compact);
