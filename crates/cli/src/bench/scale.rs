@@ -47,22 +47,17 @@ use std::time::{Duration, Instant};
 use clap::Args;
 use parking_lot::Mutex;
 use roster_proto::etcdserverpb::lease_client::LeaseClient;
-use roster_proto::etcdserverpb::watch_client::WatchClient;
-use roster_proto::etcdserverpb::watch_request::RequestUnion;
-use roster_proto::etcdserverpb::{
-    LeaseGrantRequest, LeaseKeepAliveRequest, LeaseRevokeRequest, WatchCreateRequest, WatchRequest,
-    WatchResponse,
-};
+use roster_proto::etcdserverpb::{LeaseGrantRequest, LeaseKeepAliveRequest, LeaseRevokeRequest};
 use serde_json::{json, Map, Value};
 use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::JoinSet;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
-use tonic::Streaming;
 
 use super::driver::{drive, status_text, Stop, Worker};
 use super::keys::{KeyArgs, KeyGen};
 use super::report::{Recorder, Report};
+use super::watch::WatchStream;
 use super::{emit, finish, Common};
 use crate::serve::parse_duration;
 
@@ -157,72 +152,17 @@ fn emit_hold(report: Report, json: bool, aborted: bool) -> Result<(), String> {
 
 // ---- hold-watchers ----
 
-/// One open watch stream.
-struct WatchStream {
-    tx: mpsc::Sender<WatchRequest>,
-    rx: Streaming<WatchResponse>,
-}
-
-impl WatchStream {
-    /// Opens a stream with a first watcher on `key`, queued before the
-    /// response headers are awaited (etcd sends them with its first
-    /// message).
-    async fn open(ch: Channel, key: Vec<u8>) -> Result<WatchStream, String> {
-        let (tx, reqs) = mpsc::channel(16);
-        tx.send(create_request(key))
-            .await
-            .map_err(|_| "watch channel closed".to_string())?;
-        let rx = WatchClient::new(ch)
-            .watch(ReceiverStream::new(reqs))
-            .await
-            .map_err(status_text)?
-            .into_inner();
-        let mut s = WatchStream { tx, rx };
-        s.await_created().await?;
-        Ok(s)
-    }
-
-    /// Creates a watcher on `key` and waits until the server confirms it.
-    async fn create(&mut self, key: Vec<u8>) -> Result<(), String> {
-        self.tx
-            .send(create_request(key))
-            .await
-            .map_err(|_| "watch stream closed".to_string())?;
-        self.await_created().await
-    }
-
-    async fn await_created(&mut self) -> Result<(), String> {
-        match self.rx.message().await {
-            Ok(Some(r)) if r.canceled => Err(format!("watch canceled: {}", r.cancel_reason)),
-            Ok(Some(r)) if r.created => Ok(()),
-            // No key is written, so a create's answer is the only message.
-            Ok(Some(r)) => Err(format!("unexpected watch response {r:?}")),
-            Ok(None) => Err("watch stream ended".into()),
-            Err(s) => Err(status_text(s)),
+/// Reads `stream` until `until`; returns how many messages came. The
+/// stream ending before then is an error.
+async fn hold(stream: &mut WatchStream, until: Instant) -> Result<u64, String> {
+    let mut got = 0;
+    loop {
+        match tokio::time::timeout_at(until.into(), stream.rx.message()).await {
+            Err(_) => return Ok(got),
+            Ok(Ok(Some(_))) => got += 1,
+            Ok(Ok(None)) => return Err("watch stream ended during the hold".into()),
+            Ok(Err(s)) => return Err(status_text(s)),
         }
-    }
-
-    /// Reads the stream until `until`; returns how many messages came. The
-    /// stream ending before then is an error.
-    async fn hold(&mut self, until: Instant) -> Result<u64, String> {
-        let mut got = 0;
-        loop {
-            match tokio::time::timeout_at(until.into(), self.rx.message()).await {
-                Err(_) => return Ok(got),
-                Ok(Ok(Some(_))) => got += 1,
-                Ok(Ok(None)) => return Err("watch stream ended during the hold".into()),
-                Ok(Err(s)) => return Err(status_text(s)),
-            }
-        }
-    }
-}
-
-fn create_request(key: Vec<u8>) -> WatchRequest {
-    WatchRequest {
-        request_union: Some(RequestUnion::CreateRequest(WatchCreateRequest {
-            key,
-            ..Default::default()
-        })),
     }
 }
 
@@ -299,7 +239,7 @@ pub async fn hold_watchers(a: HoldWatchersArgs) -> Result<(), String> {
     let until = Instant::now() + a.hold;
     let mut holding = JoinSet::new();
     for s in opened {
-        holding.spawn(async move { s.lock().await.hold(until).await });
+        holding.spawn(async move { hold(&mut *s.lock().await, until).await });
     }
     let (mut messages, mut hold_errors) = (0u64, 0u64);
     let samples = Mutex::new(out.error_samples.clone());

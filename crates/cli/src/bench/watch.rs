@@ -63,10 +63,11 @@ pub struct WatchArgs {
     drain: Duration,
 }
 
-/// One open watch stream.
-struct WatchStream {
+/// One open watch stream (also used by `hold-watchers`).
+pub(super) struct WatchStream {
     tx: mpsc::Sender<WatchRequest>,
-    rx: Streaming<WatchResponse>,
+    /// The stream's responses.
+    pub(super) rx: Streaming<WatchResponse>,
 }
 
 fn create_request(key: Vec<u8>) -> WatchRequest {
@@ -82,7 +83,7 @@ impl WatchStream {
     /// Opens a stream with a first watcher on `key`. The create request is
     /// queued before the response headers are awaited, since etcd sends
     /// them only with its first message.
-    async fn open(ch: Channel, key: Vec<u8>) -> Result<WatchStream, String> {
+    pub(super) async fn open(ch: Channel, key: Vec<u8>) -> Result<WatchStream, String> {
         let (tx, reqs) = mpsc::channel(16);
         tx.send(create_request(key))
             .await
@@ -98,7 +99,7 @@ impl WatchStream {
     }
 
     /// Creates a watcher on `key` and waits until the server confirms it.
-    async fn create(&mut self, key: Vec<u8>) -> Result<(), String> {
+    pub(super) async fn create(&mut self, key: Vec<u8>) -> Result<(), String> {
         self.tx
             .send(create_request(key))
             .await

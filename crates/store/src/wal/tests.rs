@@ -120,15 +120,20 @@ fn segments_roll_and_are_released_once_checkpointed() {
     assert_eq!(wal.next_index(), 11);
 }
 
-#[test]
-fn a_log_that_misses_entries_the_store_needs_is_refused() {
+/// A log of entries 1 to 6, two per segment.
+fn three_segments_of_two() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let size = 2 * (HEADER + put(1).encoded_len()) as u64 + 8;
     let (mut wal, _) = Wal::open_sized(dir.path(), 0, size).unwrap();
     for i in 1..=6 {
         wal.append(&entries(i, i)).unwrap();
     }
-    drop(wal);
+    dir
+}
+
+#[test]
+fn a_log_that_misses_entries_the_store_needs_is_refused() {
+    let dir = three_segments_of_two();
     std::fs::remove_file(dir.path().join(segment_name(1))).unwrap();
     let err = Wal::open(dir.path(), 0)
         .err()
@@ -138,13 +143,7 @@ fn a_log_that_misses_entries_the_store_needs_is_refused() {
 
 #[test]
 fn a_damaged_older_segment_is_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let size = 2 * (HEADER + put(1).encoded_len()) as u64 + 8;
-    let (mut wal, _) = Wal::open_sized(dir.path(), 0, size).unwrap();
-    for i in 1..=6 {
-        wal.append(&entries(i, i)).unwrap();
-    }
-    drop(wal);
+    let dir = three_segments_of_two();
     let path = dir.path().join(segment_name(1));
     let mut f = OpenOptions::new().write(true).open(&path).unwrap();
     f.seek(SeekFrom::Start(HEADER as u64 + 2)).unwrap();
