@@ -19,6 +19,8 @@ use std::collections::{BTreeMap, HashMap};
 
 use roster_store::index::KeyRange;
 
+use crate::service::coord::prefix_end;
+
 /// A watcher's address: stream id and watch id.
 pub type WatcherId = (u64, i64);
 
@@ -32,25 +34,10 @@ pub struct WatchIndex {
     others: Vec<(KeyRange, WatcherId)>,
 }
 
-/// The smallest key after every key that starts with `prefix`; `None` when
-/// there is none (the prefix is empty or all 0xff).
-fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return Some(end);
-        }
-    }
-    None
-}
-
 /// The prefix a range stands for, if it is one.
 fn as_prefix(range: &KeyRange) -> Option<&[u8]> {
     match range {
-        KeyRange::Span(start, Some(end)) if prefix_end(start).as_ref() == Some(end) => {
-            Some(start.as_slice())
-        }
+        KeyRange::Span(start, Some(end)) if *end == prefix_end(start) => Some(start.as_slice()),
         _ => None,
     }
 }
@@ -65,9 +52,16 @@ impl WatchIndex {
     /// Records that watcher `id` watches `range`.
     pub fn insert(&mut self, range: &KeyRange, id: WatcherId) {
         if let KeyRange::Single(key) = range {
-            self.exact.entry(key.clone()).or_default().push(id);
+            // Most keys have one watcher: room for one, not the default four.
+            self.exact
+                .entry(key.clone())
+                .or_insert_with(|| Vec::with_capacity(1))
+                .push(id);
         } else if let Some(prefix) = as_prefix(range) {
-            let list = self.prefixes.entry(prefix.to_vec()).or_default();
+            let list = self
+                .prefixes
+                .entry(prefix.to_vec())
+                .or_insert_with(|| Vec::with_capacity(1));
             if list.is_empty() {
                 *self.prefix_lens.entry(prefix.len()).or_default() += 1;
             }
