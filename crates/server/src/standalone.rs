@@ -154,9 +154,10 @@ fn writer(
     on_commit: OnCommit,
 ) {
     let mut batch: Vec<Proposal> = Vec::with_capacity(MAX_BATCH);
-    let mut checkpointed = Instant::now();
-    // Batches applied since the last checkpoint.
-    let mut dirty = false;
+    let mut checkpoints = Checkpoints {
+        last: Instant::now(),
+        dirty: false,
+    };
     // A clock to wait for the next proposal with a deadline, so that a
     // burst of writes followed by silence is checkpointed too and a restart
     // after it replays nothing. Without one, checkpoints wait for writes.
@@ -165,18 +166,16 @@ fn writer(
         .build()
         .ok();
     loop {
-        let next = match (&clock, dirty) {
+        let next = match (&clock, checkpoints.dirty) {
             (Some(clock), true) => {
-                let left = CHECKPOINT_EVERY.saturating_sub(checkpointed.elapsed());
+                let left = CHECKPOINT_EVERY.saturating_sub(checkpoints.last.elapsed());
                 // The timer is made inside the clock's context: it needs one.
                 match clock.block_on(async { tokio::time::timeout(left, rx.recv()).await }) {
                     Ok(next) => next,
                     Err(_idle) => {
-                        if let Err(e) = checkpoint(&shared.store, &mut wal) {
+                        if let Err(e) = checkpoints.run(&shared.store, &mut wal) {
                             return fail(&shared, &mut rx, Vec::new(), e);
                         }
-                        checkpointed = Instant::now();
-                        dirty = false;
                         continue;
                     }
                 }
@@ -226,13 +225,11 @@ fn writer(
                 for (p, applied) in after_cleanup {
                     let _ = p.done.send(Ok(applied));
                 }
-                dirty = true;
-                if checkpointed.elapsed() >= CHECKPOINT_EVERY {
-                    if let Err(e) = checkpoint(&shared.store, &mut wal) {
+                checkpoints.dirty = true;
+                if checkpoints.last.elapsed() >= CHECKPOINT_EVERY {
+                    if let Err(e) = checkpoints.run(&shared.store, &mut wal) {
                         return fail(&shared, &mut rx, Vec::new(), e);
                     }
-                    checkpointed = Instant::now();
-                    dirty = false;
                 }
             }
             Err(e) => return fail(&shared, &mut rx, std::mem::take(&mut batch), e),
@@ -241,6 +238,22 @@ fn writer(
     // Stopped: leave the store durable so the next start replays nothing.
     if let Err(e) = checkpoint(&shared.store, &mut wal) {
         tracing::error!(error = %e, "final checkpoint failed; the log will be replayed");
+    }
+}
+
+/// When the writer last checkpointed, and whether it has applied batches
+/// since.
+struct Checkpoints {
+    last: Instant,
+    dirty: bool,
+}
+
+impl Checkpoints {
+    fn run(&mut self, store: &Store, wal: &mut Wal) -> Result<(), StoreError> {
+        checkpoint(store, wal)?;
+        self.last = Instant::now();
+        self.dirty = false;
+        Ok(())
     }
 }
 

@@ -75,9 +75,8 @@ pub struct Applied {
 struct State {
     index: KeyIndex,
     leases: LeaseTable,
-    /// Highest revision readers may see: everything up to it is durable.
-    published_rev: i64,
-    /// Highest revision applied (equal to `published_rev` between batches).
+    /// Highest revision applied (equal to the published revision between
+    /// batches).
     applied_rev: i64,
     /// Reads below this are refused.
     compact_rev: i64,
@@ -94,7 +93,10 @@ pub struct Store {
     state: RwLock<State>,
     /// Records dropped from the index, still to be deleted from redb.
     garbage: Mutex<Vec<Revision>>,
-    /// `published_rev`, readable without the state lock.
+    /// Highest revision readers may see: everything up to it is durable.
+    /// Written only under the state's write lock, so a reader holding the
+    /// read lock sees it agree with the index; read without the lock by
+    /// [`Store::revision`], for response headers.
     published: AtomicI64,
     /// Durable commits made by `apply_batch` and `checkpoint`: with group
     /// commit, fewer than the commands applied.
@@ -160,7 +162,6 @@ impl Store {
             state: RwLock::new(State {
                 index,
                 leases,
-                published_rev: current,
                 applied_rev: current,
                 compact_rev: compact,
                 pending_compact_rev: compact,
@@ -298,7 +299,6 @@ impl Store {
         }
 
         let mut st = self.state.write();
-        st.published_rev = rev;
         self.published.store(rev, Ordering::Release);
         if compact > st.compact_rev {
             st.compact_rev = compact;
@@ -339,7 +339,7 @@ impl Store {
         let kv = tx.open_table(KV)?;
         let view = View {
             index: &st.index,
-            rev: st.published_rev,
+            rev: self.published.load(Ordering::Acquire),
             compact_rev: st.compact_rev,
             records: &kv,
         };
@@ -398,7 +398,7 @@ impl Store {
         if from < st.compact_rev {
             return Err(StoreError::Compacted);
         }
-        let upto = st.published_rev;
+        let upto = self.published.load(Ordering::Acquire);
         if from > upto {
             // A watcher waiting for a future revision: nothing yet.
             return Ok((Vec::new(), upto));
