@@ -2,8 +2,7 @@
 //!
 //! tonic's generated `WatchServer` encodes `etcdserverpb.WatchResponse`, so
 //! each event would be cloned into every watcher's response and encoded
-//! again for each. Roster's watch streams yield
-//! [`EncodedWatchResponse`](roster_proto::roster::EncodedWatchResponse)
+//! again for each. Roster's watch streams yield [`EncodedWatchResponse`]
 //! instead: the same bytes on the wire, with every event encoded once (see
 //! `proto/roster/watch.proto`). This module is what the generated server
 //! would be for that message: it answers `/etcdserverpb.Watch/Watch` with a
