@@ -59,6 +59,28 @@ pub type WatchStream = Pin<Box<dyn Stream<Item = Result<EncodedWatchResponse, St
 /// A watch for use inside the server (locks, elections): the same machinery
 /// as a client's stream, fed one create request. Dropping it ends it.
 pub fn local_watch(hub: &Arc<Hub>, create: WatchCreateRequest) -> LocalWatch {
+    let first = WatchRequest {
+        request_union: Some(watch_request::RequestUnion::CreateRequest(create)),
+    };
+    // The request stream yields the create, then stays open.
+    let inbound = tokio_stream::once(Ok(first)).chain(tokio_stream::pending());
+    // Never used: only idle watchers asking for notices get them.
+    let tick = Duration::from_secs(3600);
+    LocalWatch {
+        rx: spawn_stream(hub, Box::pin(inbound), tick),
+    }
+}
+
+/// Registers a stream with the hub and spawns the task serving it; returns
+/// the stream's outbound queue.
+fn spawn_stream<S>(
+    hub: &Arc<Hub>,
+    inbound: S,
+    tick: Duration,
+) -> mpsc::Receiver<Result<EncodedWatchResponse, Status>>
+where
+    S: Stream<Item = Result<WatchRequest, Status>> + Unpin + Send + 'static,
+{
     let (tx, rx) = mpsc::channel(QUEUE);
     let wake = Arc::new(Notify::new());
     let id = hub.open_stream(tx.clone(), wake.clone());
@@ -69,15 +91,8 @@ pub fn local_watch(hub: &Arc<Hub>, create: WatchCreateRequest) -> LocalWatch {
         next_auto_id: 0,
         progress_pending: false,
     };
-    let first = WatchRequest {
-        request_union: Some(watch_request::RequestUnion::CreateRequest(create)),
-    };
-    // The request stream yields the create, then stays open.
-    let inbound = tokio_stream::once(Ok(first)).chain(tokio_stream::pending());
-    // Never used: only idle watchers asking for notices get them.
-    let tick = Duration::from_secs(3600);
-    tokio::spawn(task.run(Box::pin(inbound), wake, tick));
-    LocalWatch { rx }
+    tokio::spawn(task.run(inbound, wake, tick));
+    rx
 }
 
 /// The receiving end of a [`local_watch`].
@@ -93,7 +108,7 @@ impl LocalWatch {
 }
 
 /// Turns a pre-encoded response back into a `WatchResponse`.
-pub fn decode(r: EncodedWatchResponse) -> Result<WatchResponse, Status> {
+fn decode(r: EncodedWatchResponse) -> Result<WatchResponse, Status> {
     let events = r
         .events
         .iter()
@@ -116,17 +131,7 @@ impl WatchService {
     /// Serves one watch stream: its requests come in on `inbound`, its
     /// responses go out on the returned stream.
     pub fn open(&self, inbound: Streaming<WatchRequest>) -> WatchStream {
-        let (tx, rx) = mpsc::channel(QUEUE);
-        let wake = Arc::new(Notify::new());
-        let id = self.hub.open_stream(tx.clone(), wake.clone());
-        let s = StreamTask {
-            hub: self.hub.clone(),
-            id,
-            tx,
-            next_auto_id: 0,
-            progress_pending: false,
-        };
-        tokio::spawn(s.run(inbound, wake, self.progress_interval));
+        let rx = spawn_stream(&self.hub, inbound, self.progress_interval);
         Box::pin(ReceiverStream::new(rx))
     }
 }
