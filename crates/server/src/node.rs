@@ -7,7 +7,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use roster_proto::etcdserverpb::ResponseHeader;
-use roster_store::wal::Wal;
 use roster_store::{Command, CommandKind, CommandResponse, Store};
 use tokio::sync::Notify;
 
@@ -106,18 +105,11 @@ impl Node {
         // Bring the store up to everything acknowledged: it is durable as of
         // its last checkpoint, the log holds the rest.
         let wal_dir = config.data_dir.join(WAL_DIR);
-        let wal_err = |source| OpenError::Store {
-            path: wal_dir.clone(),
-            source,
-        };
-        let (mut wal, replay) = Wal::open(&wal_dir, store.applied_index()).map_err(wal_err)?;
-        if !replay.is_empty() {
-            tracing::info!(entries = replay.len(), "replaying the write-ahead log");
-            for chunk in replay.chunks(crate::standalone::MAX_BATCH) {
-                store.apply_logged(chunk).map_err(wal_err)?;
-            }
-            crate::standalone::checkpoint(&store, &mut wal).map_err(wal_err)?;
-        }
+        let wal =
+            crate::standalone::recover(&store, &wal_dir).map_err(|source| OpenError::Store {
+                path: wal_dir.clone(),
+                source,
+            })?;
 
         let lessor = Lessor::recover(&store.leases());
         let fatal = Arc::new(Notify::new());

@@ -17,6 +17,7 @@
 //! of the disk, so the writer stops, every pending and later proposal gets
 //! `server stopped`, and the node's shutdown signal fires.
 
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -72,7 +73,7 @@ struct Shared {
 
 impl Standalone {
     /// Starts the writer thread over `store`, logging to `wal`, which must
-    /// continue where the store is (replayed by the caller). `fatal` is
+    /// continue where the store is (see [`recover`]). `fatal` is
     /// notified if the write path fails and the node must stop.
     pub fn start(
         store: Arc<Store>,
@@ -257,8 +258,23 @@ impl Checkpoints {
     }
 }
 
+/// Opens the write-ahead log in `dir` and replays onto `store` what the
+/// store does not durably hold yet, then checkpoints: the log returned
+/// continues exactly where the store is, as [`Standalone::start`] needs.
+pub fn recover(store: &Store, dir: &Path) -> Result<Wal, StoreError> {
+    let (mut wal, replay) = Wal::open(dir, store.applied_index())?;
+    if !replay.is_empty() {
+        tracing::info!(entries = replay.len(), "replaying the write-ahead log");
+        for chunk in replay.chunks(MAX_BATCH) {
+            store.apply_logged(chunk)?;
+        }
+        checkpoint(store, &mut wal)?;
+    }
+    Ok(wal)
+}
+
 /// Makes the store durable and drops the log it no longer needs.
-pub fn checkpoint(store: &Store, wal: &mut Wal) -> Result<(), StoreError> {
+fn checkpoint(store: &Store, wal: &mut Wal) -> Result<(), StoreError> {
     let upto = store.checkpoint()?;
     wal.release(upto)
 }
