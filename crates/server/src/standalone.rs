@@ -1,42 +1,61 @@
-//! Single-node consensus: a queue in front of one writer thread.
+//! Single-node consensus: group commit with an inline fast path.
 //!
-//! Proposals go into a channel. The writer thread takes whatever has queued
-//! up (at least one command, at most [`MAX_BATCH`]), numbers the commands as
-//! consecutive log entries, appends them to the write-ahead log (one write,
-//! one `fdatasync`), applies them to the store with a non-durable commit, and
-//! only then answers any proposer in the batch. While one batch is being
-//! synced the next one queues, so throughput grows with concurrency instead
-//! of being capped at one fsync per write (group commit).
+//! A write is durable once its command is in the write-ahead log and the log
+//! is synced; the store is then updated with a non-durable commit, watchers
+//! hear of it, and the proposer is answered. Whoever holds the *core* (the
+//! log, the checkpoint clock and the commit hook) does this for a batch of
+//! commands, numbering them as consecutive log entries: one write and one
+//! `fdatasync` per batch.
 //!
-//! Every [`CHECKPOINT_EVERY`] of writing, and that long after the last write,
-//! the writer makes the store itself durable and drops the log segments the
-//! store no longer needs, so a restart replays at most that much log (see
-//! `roster_store::wal`).
+//! Two kinds of thread take the core:
+//!
+//! - **The proposer itself**, when nothing is queued and the writer thread
+//!   is idle. A lone client then pays for its own sync and nothing else: no
+//!   hand-off to another thread and back, which on a virtual machine costs
+//!   more than the sync (each wake-up of an idle CPU is tens of
+//!   microseconds). It blocks its tokio worker for that one sync, on
+//!   purpose: `block_in_place` would hand the worker's other tasks to a
+//!   fresh thread, and the response, written by the connection's task,
+//!   would then wait for that thread to wake, which gave back most of the
+//!   gain when measured. The block is bounded: one proposer at a time holds
+//!   the core, only while the write path is otherwise idle, and the other
+//!   workers take over the blocked one's queued tasks. A current-thread
+//!   runtime has no other worker, so there proposals always queue.
+//! - **The writer thread**, for everything else. Proposals that find the
+//!   core busy queue up; the writer takes all of them (at most
+//!   [`MAX_BATCH`]) as soon as the core is free. While one batch syncs the
+//!   next one queues, so under load throughput grows with concurrency
+//!   instead of being capped at one sync per write.
+//!
+//! Every [`CHECKPOINT_EVERY`] while writes flow, and that long after the
+//! last write, the writer thread makes the store itself durable and drops
+//! the log segments the store no longer needs, so a restart replays at most
+//! that much log (see `roster_store::wal`). The first commit after a
+//! checkpoint starts that clock.
 //!
 //! A storage failure on this path is fatal: the in-memory state may be ahead
-//! of the disk, so the writer stops, every pending and later proposal gets
-//! `server stopped`, and the node's shutdown signal fires.
+//! of the disk, so the write path closes, every pending and later proposal
+//! gets `server stopped`, and the node's shutdown signal fires.
 
+use std::collections::VecDeque;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use parking_lot::{Condvar, Mutex, MutexGuard};
 use roster_proto::roster::command::Kind;
 use roster_store::wal::Wal;
 use roster_store::{Applied, Command, Store, StoreError};
-use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::sync::{oneshot, Notify};
 
 use crate::consensus::{Consensus, ConsensusStatus, ProposeFuture};
 use crate::error::ServerError;
 
-/// Upper bound on commands per batch, so one fsync never waits on an
+/// Upper bound on commands per batch, so one sync never waits on an
 /// unbounded amount of work.
 pub const MAX_BATCH: usize = 1024;
-
-/// Capacity of the proposal queue; proposers wait when it is full.
-const QUEUE: usize = 16 * 1024;
 
 /// How often, while writes flow, the store is made durable and the log
 /// trimmed: etcd commits its backend every 100 ms too.
@@ -49,15 +68,13 @@ struct Proposal {
 
 /// The single-node [`Consensus`].
 pub struct Standalone {
-    /// `None` once stopped: the writer exits when the last sender is gone.
-    tx: parking_lot::RwLock<Option<mpsc::Sender<Proposal>>>,
     shared: Arc<Shared>,
-    writer: parking_lot::Mutex<Option<JoinHandle<()>>>,
+    writer: Mutex<Option<JoinHandle<()>>>,
 }
 
-/// Called by the writer after each durable batch, before any proposer of
-/// the batch is answered, with the batch's outcomes and the revision the
-/// store has published.
+/// Called after each durable batch, before any proposer of the batch is
+/// answered, with the batch's outcomes and the revision the store has
+/// published.
 pub type OnCommit = Box<dyn Fn(&[Applied], i64) + Send>;
 
 struct Shared {
@@ -69,10 +86,33 @@ struct Shared {
     syncs: AtomicU64,
     failed: AtomicBool,
     fatal: Arc<Notify>,
+    queue: Mutex<Queue>,
+    /// Wakes the writer thread: proposals queued, a checkpoint clock
+    /// started, or the write path closed.
+    wake: Condvar,
+    /// Lock order: `core` before `queue`; a thread holding `queue` only
+    /// ever *tries* to take `core`.
+    core: Mutex<Core>,
+}
+
+#[derive(Default)]
+struct Queue {
+    pending: VecDeque<Proposal>,
+    /// No more proposals: stopped or failed.
+    closed: bool,
+    /// The writer thread is waiting for work: a proposer may commit inline.
+    writer_idle: bool,
+    /// When the first commit since the last checkpoint was made.
+    dirty_since: Option<Instant>,
+}
+
+struct Core {
+    wal: Wal,
+    on_commit: OnCommit,
 }
 
 impl Standalone {
-    /// Starts the writer thread over `store`, logging to `wal`, which must
+    /// Starts the write path over `store`, logging to `wal`, which must
     /// continue where the store is (see [`recover`]). `fatal` is
     /// notified if the write path fails and the node must stop.
     pub fn start(
@@ -83,7 +123,6 @@ impl Standalone {
         fatal: Arc<Notify>,
         on_commit: OnCommit,
     ) -> Self {
-        let (tx, rx) = mpsc::channel(QUEUE);
         let shared = Arc::new(Shared {
             applied: AtomicU64::new(store.applied_index()),
             store,
@@ -92,16 +131,18 @@ impl Standalone {
             syncs: AtomicU64::new(0),
             failed: AtomicBool::new(false),
             fatal,
+            queue: Mutex::new(Queue::default()),
+            wake: Condvar::new(),
+            core: Mutex::new(Core { wal, on_commit }),
         });
         let s = shared.clone();
         let writer = std::thread::Builder::new()
             .name("roster-writer".into())
-            .spawn(move || writer(s, wal, rx, on_commit))
+            .spawn(move || s.writer())
             .expect("spawning the writer thread");
         Standalone {
-            tx: parking_lot::RwLock::new(Some(tx)),
             shared,
-            writer: parking_lot::Mutex::new(Some(writer)),
+            writer: Mutex::new(Some(writer)),
         }
     }
 
@@ -114,25 +155,26 @@ impl Standalone {
     /// checkpoints the store and waits for it all.
     /// Call it from a thread that may block.
     pub fn stop(&self) {
-        self.tx.write().take();
+        self.shared.close();
         if let Some(h) = self.writer.lock().take() {
             let _ = h.join();
         }
     }
 }
 
+impl Drop for Standalone {
+    fn drop(&mut self) {
+        // Without a stop, the writer would wait for proposals forever.
+        self.shared.close();
+    }
+}
+
 impl Consensus for Standalone {
     fn propose(&self, cmd: Command) -> ProposeFuture {
-        let tx = self.tx.read().clone();
-        let failed = self.shared.failed.load(Ordering::Acquire);
+        let shared = self.shared.clone();
         Box::pin(async move {
-            let Some(tx) = tx.filter(|_| !failed) else {
-                return Err(ServerError::Stopped);
-            };
             let (done, rx) = oneshot::channel();
-            tx.send(Proposal { cmd, done })
-                .await
-                .map_err(|_| ServerError::Stopped)?;
+            shared.submit(Proposal { cmd, done })?;
             rx.await.map_err(|_| ServerError::Stopped)?
         })
     }
@@ -148,114 +190,183 @@ impl Consensus for Standalone {
     }
 }
 
-fn writer(
-    shared: Arc<Shared>,
-    mut wal: Wal,
-    mut rx: mpsc::Receiver<Proposal>,
-    on_commit: OnCommit,
-) {
-    let mut batch: Vec<Proposal> = Vec::with_capacity(MAX_BATCH);
-    let mut checkpoints = Checkpoints {
-        last: Instant::now(),
-        dirty: false,
-    };
-    // A clock to wait for the next proposal with a deadline, so that a
-    // burst of writes followed by silence is checkpointed too and a restart
-    // after it replays nothing. Without one, checkpoints wait for writes.
-    let clock = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .build()
-        .ok();
-    loop {
-        let next = match (&clock, checkpoints.dirty) {
-            (Some(clock), true) => {
-                let left = CHECKPOINT_EVERY.saturating_sub(checkpoints.last.elapsed());
-                // The timer is made inside the clock's context: it needs one.
-                match clock.block_on(async { tokio::time::timeout(left, rx.recv()).await }) {
-                    Ok(next) => next,
-                    Err(_idle) => {
-                        if let Err(e) = checkpoints.run(&shared.store, &mut wal) {
-                            return fail(&shared, &mut rx, Vec::new(), e);
-                        }
-                        continue;
-                    }
-                }
-            }
-            _ => rx.blocking_recv(),
-        };
-        let Some(first) = next else { break };
-        batch.push(first);
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(p) => batch.push(p),
-                Err(_) => break,
+impl Shared {
+    /// Commits `p` on this thread if the write path is idle, or queues it
+    /// for the writer thread. Either way `p.done` is answered.
+    fn submit(&self, p: Proposal) -> Result<(), ServerError> {
+        let mut queue = self.queue.lock();
+        if queue.closed {
+            return Err(ServerError::Stopped);
+        }
+        if queue.pending.is_empty() && queue.writer_idle && may_block() {
+            if let Some(mut core) = self.core.try_lock() {
+                drop(queue);
+                let mut batch = vec![p];
+                self.commit(&mut core, &mut batch);
+                return Ok(());
             }
         }
-        let base = shared.applied.load(Ordering::Acquire);
+        queue.pending.push_back(p);
+        let wake = queue.writer_idle;
+        drop(queue);
+        if wake {
+            self.wake.notify_one();
+        }
+        Ok(())
+    }
+
+    /// The writer thread: commits what queues up, and checkpoints when due.
+    fn writer(self: Arc<Self>) {
+        let mut batch = Vec::with_capacity(MAX_BATCH);
+        loop {
+            let mut queue = self.queue.lock();
+            let checkpoint_due = loop {
+                if !queue.pending.is_empty() {
+                    break false;
+                }
+                if queue.closed {
+                    drop(queue);
+                    return self.final_checkpoint();
+                }
+                queue.writer_idle = true;
+                match queue.dirty_since {
+                    None => self.wake.wait(&mut queue),
+                    Some(since) => {
+                        let due = since + CHECKPOINT_EVERY;
+                        if self.wake.wait_until(&mut queue, due).timed_out() {
+                            queue.writer_idle = false;
+                            break true;
+                        }
+                    }
+                }
+                queue.writer_idle = false;
+            };
+            drop(queue);
+            let mut core = self.core.lock();
+            if !checkpoint_due {
+                let mut queue = self.queue.lock();
+                let n = queue.pending.len().min(MAX_BATCH);
+                batch.extend(queue.pending.drain(..n));
+                drop(queue);
+                // An inline committer may have taken them first.
+                if !batch.is_empty() {
+                    self.commit(&mut core, &mut batch);
+                }
+            }
+            self.checkpoint_if_due(&mut core);
+        }
+    }
+
+    /// Makes `batch` durable, applies it, publishes it and answers its
+    /// proposers; drains `batch`.
+    fn commit(&self, core: &mut MutexGuard<'_, Core>, batch: &mut Vec<Proposal>) {
+        if self.failed.load(Ordering::Acquire) {
+            return answer_stopped(batch.drain(..));
+        }
+        let base = self.applied.load(Ordering::Acquire);
         let commands: Vec<(u64, Command)> = batch
             .iter_mut()
             .enumerate()
             .map(|(i, p)| (base + 1 + i as u64, std::mem::take(&mut p.cmd)))
             .collect();
-        let logged = wal.append(&commands).inspect(|_| {
-            shared.syncs.fetch_add(1, Ordering::Relaxed);
+        let logged = core.wal.append(&commands).inspect(|_| {
+            self.syncs.fetch_add(1, Ordering::Relaxed);
         });
-        match logged.and_then(|()| shared.store.apply_logged(&commands)) {
-            Ok(results) => {
-                shared
-                    .applied
-                    .store(base + commands.len() as u64, Ordering::Release);
-                // Watchers hear of a write before its writer is answered, so
-                // a watch created before a put always sees the put.
-                on_commit(&results, shared.store.revision());
-                // Physical compactions answer only once storage is cleaned.
-                let mut after_cleanup = Vec::new();
-                for ((p, applied), (_, cmd)) in batch.drain(..).zip(results).zip(&commands) {
-                    match &cmd.kind {
-                        Some(Kind::Compact(c)) if c.physical && applied.response.is_ok() => {
-                            after_cleanup.push((p, applied))
-                        }
-                        _ => {
-                            let _ = p.done.send(Ok(applied));
-                        }
-                    }
+        let results = match logged.and_then(|()| self.store.apply_logged(&commands)) {
+            Ok(results) => results,
+            Err(e) => return self.fail(batch, e),
+        };
+        self.applied
+            .store(base + commands.len() as u64, Ordering::Release);
+        // Watchers hear of a write before its writer is answered, so a
+        // watch created before a put always sees the put.
+        (core.on_commit)(&results, self.store.revision());
+        // Physical compactions answer only once storage is cleaned.
+        let mut after_cleanup = Vec::new();
+        for ((p, applied), (_, cmd)) in batch.drain(..).zip(results).zip(&commands) {
+            match &cmd.kind {
+                Some(Kind::Compact(c)) if c.physical && applied.response.is_ok() => {
+                    after_cleanup.push((p, applied))
                 }
-                if let Err(e) = shared.store.finish_compaction() {
-                    tracing::error!(error = %e, "removing compacted revisions failed");
-                }
-                for (p, applied) in after_cleanup {
+                _ => {
                     let _ = p.done.send(Ok(applied));
                 }
-                checkpoints.dirty = true;
-                if checkpoints.last.elapsed() >= CHECKPOINT_EVERY {
-                    if let Err(e) = checkpoints.run(&shared.store, &mut wal) {
-                        return fail(&shared, &mut rx, Vec::new(), e);
-                    }
-                }
             }
-            Err(e) => return fail(&shared, &mut rx, std::mem::take(&mut batch), e),
+        }
+        if let Err(e) = self.store.finish_compaction() {
+            tracing::error!(error = %e, "removing compacted revisions failed");
+        }
+        for (p, applied) in after_cleanup {
+            let _ = p.done.send(Ok(applied));
+        }
+        // Start the checkpoint clock; the writer thread keeps it.
+        let mut queue = self.queue.lock();
+        if queue.dirty_since.is_none() {
+            queue.dirty_since = Some(Instant::now());
+            if queue.writer_idle {
+                self.wake.notify_one();
+            }
         }
     }
-    // Stopped: leave the store durable so the next start replays nothing.
-    if let Err(e) = checkpoint(&shared.store, &mut wal) {
-        tracing::error!(error = %e, "final checkpoint failed; the log will be replayed");
+
+    /// Checkpoints if the clock started by the first commit since the last
+    /// checkpoint has run out.
+    fn checkpoint_if_due(&self, core: &mut MutexGuard<'_, Core>) {
+        let since = self.queue.lock().dirty_since;
+        if since.is_some_and(|t| t.elapsed() >= CHECKPOINT_EVERY) {
+            if let Err(e) = checkpoint(&self.store, &mut core.wal) {
+                return self.fail(&mut Vec::new(), e);
+            }
+            // Holding the core, so no commit came in between.
+            self.queue.lock().dirty_since = None;
+        }
+    }
+
+    /// Stopped: leave the store durable so the next start replays nothing.
+    fn final_checkpoint(&self) {
+        let mut core = self.core.lock();
+        if self.failed.load(Ordering::Acquire) {
+            return;
+        }
+        if let Err(e) = checkpoint(&self.store, &mut core.wal) {
+            tracing::error!(error = %e, "final checkpoint failed; the log will be replayed");
+        }
+    }
+
+    /// Closes the write path: the writer finishes what is queued and exits.
+    fn close(&self) {
+        self.queue.lock().closed = true;
+        self.wake.notify_one();
+    }
+
+    /// Stops the write path after a storage failure: every proposal pending
+    /// or queued is told the server stopped.
+    fn fail(&self, batch: &mut Vec<Proposal>, e: StoreError) {
+        tracing::error!(error = %e, "write path failed; stopping the node");
+        self.failed.store(true, Ordering::Release);
+        self.fatal.notify_one();
+        answer_stopped(batch.drain(..));
+        let mut queue = self.queue.lock();
+        queue.closed = true;
+        let pending: Vec<Proposal> = queue.pending.drain(..).collect();
+        drop(queue);
+        self.wake.notify_one();
+        answer_stopped(pending);
     }
 }
 
-/// When the writer last checkpointed, and whether it has applied batches
-/// since.
-struct Checkpoints {
-    last: Instant,
-    dirty: bool,
+fn answer_stopped(proposals: impl IntoIterator<Item = Proposal>) {
+    for p in proposals {
+        let _ = p.done.send(Err(ServerError::Stopped));
+    }
 }
 
-impl Checkpoints {
-    fn run(&mut self, store: &Store, wal: &mut Wal) -> Result<(), StoreError> {
-        checkpoint(store, wal)?;
-        self.last = Instant::now();
-        self.dirty = false;
-        Ok(())
-    }
+/// Whether this thread may block on the disk for one sync: a worker of a
+/// multi-thread runtime may (the other workers carry on), a
+/// current-thread runtime's only thread may not.
+fn may_block() -> bool {
+    tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
 }
 
 /// Opens the write-ahead log in `dir` and replays onto `store` what the
@@ -277,19 +388,4 @@ pub fn recover(store: &Store, dir: &Path) -> Result<Wal, StoreError> {
 fn checkpoint(store: &Store, wal: &mut Wal) -> Result<(), StoreError> {
     let upto = store.checkpoint()?;
     wal.release(upto)
-}
-
-/// Stops the write path after a storage failure: every proposal pending or
-/// still queued is told the server stopped.
-fn fail(shared: &Shared, rx: &mut mpsc::Receiver<Proposal>, batch: Vec<Proposal>, e: StoreError) {
-    tracing::error!(error = %e, "write path failed; stopping the node");
-    shared.failed.store(true, Ordering::Release);
-    shared.fatal.notify_one();
-    rx.close();
-    for p in batch {
-        let _ = p.done.send(Err(ServerError::Stopped));
-    }
-    while let Ok(p) = rx.try_recv() {
-        let _ = p.done.send(Err(ServerError::Stopped));
-    }
 }
