@@ -195,14 +195,17 @@ impl Hub {
         st.last_rev = rev;
         // Every (watcher, event) pair the index finds, grouped by watcher
         // with each watcher's events in order (a sort, not a map of vectors:
-        // one allocation however many watchers).
+        // one allocation however many watchers). Sorted even for one event:
+        // a watcher id starts with its stream's, so each stream's responses
+        // go out back to back, and its task, woken by the first, finds them
+        // all and writes them at once rather than one write per watcher.
         let mut hits: Vec<(WatcherId, usize)> = Vec::new();
         for (i, e) in events.iter().map(Borrow::borrow).enumerate() {
             if let Some(kv) = &e.kv {
                 st.index.matching(&kv.key, |id| hits.push((id, i)));
             }
         }
-        if events.len() > 1 {
+        if hits.len() > 1 {
             hits.sort_unstable();
         }
         // Each event is encoded at most twice (with and without its previous
