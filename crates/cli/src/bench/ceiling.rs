@@ -24,6 +24,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::conn::Conn;
 use clap::Args;
 use roster_proto::etcdserverpb::kv_client::KvClient;
 use roster_proto::etcdserverpb::maintenance_client::MaintenanceClient;
@@ -38,7 +39,6 @@ use serde_json::{json, Map};
 use tokio::net::TcpListener;
 use tokio_stream::Stream;
 use tonic::transport::server::TcpIncoming;
-use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
 use super::driver::{drive, progress, status_text, Worker};
@@ -173,7 +173,7 @@ pub fn noop_server(a: NoopServerArgs) -> Result<(), String> {
     })
 }
 
-struct StatusWorker(MaintenanceClient<Channel>);
+struct StatusWorker(MaintenanceClient<Conn>);
 
 impl Worker for StatusWorker {
     async fn op(&mut self, _seq: u64) -> Result<(), String> {

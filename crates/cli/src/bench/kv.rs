@@ -12,12 +12,12 @@
 
 use std::sync::Arc;
 
+use super::conn::Conn;
 use clap::Args;
 use roster_proto::etcdserverpb::kv_client::KvClient;
 use roster_proto::etcdserverpb::request_op::Request as Op;
 use roster_proto::etcdserverpb::{PutRequest, RangeRequest, RequestOp, TxnRequest};
 use serde_json::{json, Map};
-use tonic::transport::Channel;
 
 use super::driver::{drive, status_text, Stop, Worker};
 use roster_client::watch::prefix_end;
@@ -80,7 +80,7 @@ fn put_op(key: Vec<u8>, value: Vec<u8>) -> RequestOp {
 }
 
 struct PutWorker {
-    kv: KvClient<Channel>,
+    kv: KvClient<Conn>,
     keys: KeyGen,
     rng: Rng,
     value: Vec<u8>,
@@ -117,7 +117,7 @@ pub async fn put(a: PutArgs) -> Result<(), String> {
 }
 
 struct TxnWorker {
-    kv: KvClient<Channel>,
+    kv: KvClient<Conn>,
     keys: KeyGen,
     rng: Rng,
     value: Vec<u8>,
@@ -167,7 +167,7 @@ pub async fn txn_put(a: TxnPutArgs) -> Result<(), String> {
 
 /// Writes keys `0..n` in txns of [`LOAD_BATCH`] puts each.
 struct LoadWorker {
-    kv: KvClient<Channel>,
+    kv: KvClient<Conn>,
     keys: KeyGen,
     value: Vec<u8>,
     n: u64,
@@ -189,7 +189,7 @@ impl Worker for LoadWorker {
 
 /// Loads `n` keys before a measurement; fails if any batch failed, since
 /// reads of missing keys would measure something else.
-async fn load(chans: &[Channel], keys: &KeyArgs, n: u64) -> Result<(), String> {
+async fn load(chans: &[Conn], keys: &KeyArgs, n: u64) -> Result<(), String> {
     let workers = (0..chans.len().clamp(1, 16))
         .map(|i| LoadWorker {
             kv: KvClient::new(chans[i % chans.len()].clone()),
@@ -212,7 +212,7 @@ async fn load(chans: &[Channel], keys: &KeyArgs, n: u64) -> Result<(), String> {
 }
 
 struct RangeWorker {
-    kv: KvClient<Channel>,
+    kv: KvClient<Conn>,
     keys: KeyGen,
     rng: Rng,
     serializable: bool,

@@ -12,6 +12,7 @@
 
 use std::sync::Arc;
 
+use super::conn::Conn;
 use clap::Args;
 use roster_proto::etcdserverpb::lease_client::LeaseClient;
 use roster_proto::etcdserverpb::{
@@ -20,7 +21,6 @@ use roster_proto::etcdserverpb::{
 use serde_json::{json, Map};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::Channel;
 use tonic::Streaming;
 
 use super::driver::{drive, status_text, Worker};
@@ -72,7 +72,7 @@ impl Worker for KeepaliveWorker {
 }
 
 /// Grants a lease and opens its keepalive stream.
-async fn open(ch: Channel, ttl: i64) -> Result<KeepaliveWorker, String> {
+async fn open(ch: Conn, ttl: i64) -> Result<KeepaliveWorker, String> {
     let mut lease = LeaseClient::new(ch);
     let id = lease
         .lease_grant(LeaseGrantRequest { ttl, id: 0 })

@@ -9,7 +9,7 @@
 //!
 //! The etcd-API scenarios (`put`, `range`, `txn-put`, `lease-keepalive`,
 //! `watch`, `noop`) use the generated tonic clients of roster-proto over
-//! plain `tonic::transport::Channel`s and nothing else, so the client side
+//! bare HTTP/2 connections ([`conn`]) and nothing else, so the client side
 //! costs the same whichever server is measured and as little as it can.
 //! The registry scenarios (`register`, `discover`) deliberately go through
 //! roster-client instead: what they measure is what an application using
@@ -30,6 +30,7 @@
 //! [`ceiling`], [`scale`]).
 
 mod ceiling;
+mod conn;
 mod driver;
 mod keys;
 mod kv;
@@ -43,9 +44,9 @@ use std::time::Duration;
 
 use clap::{Args, Subcommand};
 use serde_json::{json, Map, Value};
-use tonic::transport::{Channel, Endpoint};
 
 use crate::serve::parse_duration;
+use conn::Conn;
 use report::Report;
 
 /// Flags of `roster bench`.
@@ -141,7 +142,7 @@ impl Common {
     /// Opens `--conns` connections, round-robin over the endpoints. They
     /// are connected eagerly so that connecting is not measured, and an
     /// endpoint that is down fails the run at once.
-    pub async fn channels(&self) -> Result<Vec<Channel>, String> {
+    pub async fn channels(&self) -> Result<Vec<Conn>, String> {
         if self.endpoints.is_empty() || self.conns == 0 || self.clients == 0 {
             return Err("--endpoints, --conns and --clients must not be empty or 0".into());
         }
@@ -153,14 +154,10 @@ impl Common {
             } else {
                 format!("http://{ep}")
             };
-            let ch = Endpoint::from_shared(url)
-                .map_err(|e| format!("{ep}: {e}"))?
-                .tcp_nodelay(true)
-                .connect_timeout(Duration::from_secs(5))
-                .connect()
+            let conn = tokio::time::timeout(Duration::from_secs(5), Conn::connect(&url))
                 .await
-                .map_err(|e| format!("cannot connect to {ep}: {e}"))?;
-            out.push(ch);
+                .map_err(|_| format!("cannot connect to {ep}: timed out"))??;
+            out.push(conn);
         }
         Ok(out)
     }

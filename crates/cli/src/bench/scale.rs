@@ -44,6 +44,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::conn::Conn;
 use clap::Args;
 use parking_lot::Mutex;
 use roster_proto::etcdserverpb::lease_client::LeaseClient;
@@ -52,7 +53,6 @@ use serde_json::{json, Map, Value};
 use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::JoinSet;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::Channel;
 
 use super::driver::{drive, status_text, Stop, Worker};
 use super::keys::{KeyArgs, KeyGen};
@@ -388,7 +388,7 @@ impl Keeper {
     /// answers until the server ends it.
     async fn answers(
         self,
-        ch: Channel,
+        ch: Conn,
         reqs: mpsc::Receiver<LeaseKeepAliveRequest>,
         rec: Arc<Recorder>,
     ) {
@@ -439,7 +439,7 @@ impl Keeper {
 
 /// Grants leases and hands each to a keepalive stream.
 struct GrantWorker {
-    lease: LeaseClient<Channel>,
+    lease: LeaseClient<Conn>,
     ttl: i64,
     feeds: Arc<Vec<mpsc::Sender<i64>>>,
 }
@@ -465,7 +465,7 @@ impl Worker for GrantWorker {
 
 /// Revokes the leases at the end.
 struct RevokeWorker {
-    lease: LeaseClient<Channel>,
+    lease: LeaseClient<Conn>,
     ids: Arc<Vec<i64>>,
 }
 

@@ -24,6 +24,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::conn::Conn;
 use clap::Args;
 use roster_proto::etcdserverpb::kv_client::KvClient;
 use roster_proto::etcdserverpb::watch_client::WatchClient;
@@ -32,7 +33,6 @@ use roster_proto::etcdserverpb::{PutRequest, WatchCreateRequest, WatchRequest, W
 use serde_json::{json, Map};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::Channel;
 use tonic::Streaming;
 
 use super::driver::{drive, status_text, Worker};
@@ -83,7 +83,7 @@ impl WatchStream {
     /// Opens a stream with a first watcher on `key`. The create request is
     /// queued before the response headers are awaited, since etcd sends
     /// them only with its first message.
-    pub(super) async fn open(ch: Channel, key: Vec<u8>) -> Result<WatchStream, String> {
+    pub(super) async fn open(ch: Conn, key: Vec<u8>) -> Result<WatchStream, String> {
         let (tx, reqs) = mpsc::channel(16);
         tx.send(create_request(key))
             .await
@@ -126,7 +126,7 @@ impl WatchStream {
 /// Opens `n` streams, round-robin over `chans`, each with a first watcher
 /// whose key `key_of` gives from the stream's number.
 async fn open_streams(
-    chans: &[Channel],
+    chans: &[Conn],
     n: usize,
     key_of: impl Fn(usize) -> Vec<u8>,
 ) -> Result<Vec<WatchStream>, String> {
@@ -179,7 +179,7 @@ pub async fn run(a: WatchArgs) -> Result<(), String> {
 
 async fn create(
     a: WatchArgs,
-    chans: Vec<Channel>,
+    chans: Vec<Conn>,
     streams: usize,
     p: Map<String, serde_json::Value>,
 ) -> Result<(), String> {
@@ -214,7 +214,7 @@ fn since(base: Instant) -> u64 {
 }
 
 struct StampedPutWorker {
-    kv: KvClient<Channel>,
+    kv: KvClient<Conn>,
     key: Vec<u8>,
     val_size: usize,
     base: Instant,
@@ -263,7 +263,7 @@ async fn receive(
 
 async fn deliver(
     a: WatchArgs,
-    chans: Vec<Channel>,
+    chans: Vec<Conn>,
     streams: usize,
     p: Map<String, serde_json::Value>,
 ) -> Result<(), String> {
