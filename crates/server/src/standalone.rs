@@ -378,6 +378,8 @@ pub fn recover(store: &Store, dir: &Path) -> Result<Wal, StoreError> {
         tracing::info!(entries = replay.len(), "replaying the write-ahead log");
         for chunk in replay.chunks(MAX_BATCH) {
             store.apply_logged(chunk)?;
+            // As after any batch: a replayed compaction's records go now.
+            store.finish_compaction()?;
         }
         checkpoint(store, &mut wal)?;
     }

@@ -1,0 +1,55 @@
+//! Replaying the write-ahead log at start: what the store did not durably
+//! hold is applied again, compactions included.
+
+use roster_proto::etcdserverpb::{CompactionRequest, PutRequest};
+use roster_server::standalone::recover;
+use roster_store::wal::Wal;
+use roster_store::{Command, CommandKind, Store};
+
+fn put(key: &str, value: &str) -> Command {
+    Command {
+        kind: Some(CommandKind::Put(PutRequest {
+            key: key.as_bytes().to_vec(),
+            value: value.as_bytes().to_vec(),
+            ..Default::default()
+        })),
+    }
+}
+
+/// Three versions of a key and a compaction to the last are only in the
+/// log (the store never applied them): after recovery the store holds the
+/// last version alone, not the compacted ones waiting for a next write.
+#[test]
+fn a_replayed_compaction_removes_its_records_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let wal_dir = dir.path().join("wal");
+    let store = Store::open(&dir.path().join("db")).unwrap();
+    {
+        let (mut wal, replay) = Wal::open(&wal_dir, store.applied_index()).unwrap();
+        assert!(replay.is_empty());
+        let compact = Command {
+            kind: Some(CommandKind::Compact(CompactionRequest {
+                revision: 4,
+                physical: true,
+            })),
+        };
+        let entries = vec![
+            (1, put("k", "a")),
+            (2, put("k", "b")),
+            (3, put("k", "c")),
+            (4, compact),
+        ];
+        wal.append(&entries).unwrap();
+    }
+    assert_eq!(store.record_count().unwrap(), 0);
+
+    recover(&store, &wal_dir).unwrap();
+    assert_eq!(store.applied_index(), 4);
+    assert_eq!(store.revision(), 4);
+    assert_eq!(store.compact_revision(), 4);
+    assert_eq!(
+        store.record_count().unwrap(),
+        1,
+        "the versions at revisions 2 and 3 are still stored"
+    );
+}
