@@ -1,7 +1,8 @@
 //! Single-node consensus: group commit with an inline fast path.
 //!
 //! A write is durable once its command is in the write-ahead log and the log
-//! is synced; the store is then updated with a non-durable commit, watchers
+//! is synced; the store is then updated in memory (redb gets it at the next
+//! checkpoint), watchers
 //! hear of it, and the proposer is answered. Whoever holds the *core* (the
 //! log, the checkpoint clock and the commit hook) does this for a batch of
 //! commands, numbering them as consecutive log entries: one write and one

@@ -12,7 +12,7 @@
 //! the state before the txn; then the ops on that path are checked; then they
 //! run in order, each seeing the changes of the ops before it.
 
-use redb::Table;
+use redb::ReadOnlyTable;
 use roster_proto::etcdserverpb::{
     range_request::SortOrder, range_request::SortTarget, request_op, response_op,
     CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse,
@@ -26,14 +26,15 @@ use crate::backend::{encode, Records};
 use crate::error::StoreError;
 use crate::index::{KeyIndex, KeyRange, Revision, Version};
 use crate::lease::{Lease, LeaseTable};
+use crate::pending::PendingWriter;
 use crate::read::View;
 
 /// One write transaction in progress.
-pub struct WriteTxn<'a, 't> {
+pub struct WriteTxn<'a> {
     index: &'a mut KeyIndex,
-    table: &'a mut Table<'t, u128, &'static [u8]>,
+    /// New records and lease rows; older records are read through it.
+    table: PendingWriter<'a, ReadOnlyTable<u128, &'static [u8]>>,
     leases: &'a mut LeaseTable,
-    lease_table: &'a mut Table<'t, i64, &'static [u8]>,
     begin_rev: i64,
     compact_rev: i64,
     sub: i64,
@@ -47,13 +48,12 @@ fn header(revision: i64) -> Option<ResponseHeader> {
     })
 }
 
-impl<'a, 't> WriteTxn<'a, 't> {
+impl<'a> WriteTxn<'a> {
     /// Starts a write transaction on top of revision `begin_rev`.
     pub fn new(
         index: &'a mut KeyIndex,
-        table: &'a mut Table<'t, u128, &'static [u8]>,
+        table: PendingWriter<'a, ReadOnlyTable<u128, &'static [u8]>>,
         leases: &'a mut LeaseTable,
-        lease_table: &'a mut Table<'t, i64, &'static [u8]>,
         begin_rev: i64,
         compact_rev: i64,
     ) -> Self {
@@ -61,7 +61,6 @@ impl<'a, 't> WriteTxn<'a, 't> {
             index,
             table,
             leases,
-            lease_table,
             begin_rev,
             compact_rev,
             sub: 0,
@@ -89,7 +88,7 @@ impl<'a, 't> WriteTxn<'a, 't> {
             index: self.index,
             rev: self.rev(),
             compact_rev: self.compact_rev,
-            records: &*self.table as &dyn Records,
+            records: &self.table as &dyn Records,
         }
     }
 
@@ -164,8 +163,7 @@ impl<'a, 't> WriteTxn<'a, 't> {
             value,
             lease,
         };
-        self.table
-            .insert(rev.to_u128(), encode(&kv, false).as_slice())?;
+        self.table.insert_record(rev, encode(&kv, false));
         self.index.push(&p.key, version);
         self.leases
             .reattach(&p.key, prev.map_or(0, |v| v.lease), lease);
@@ -216,8 +214,7 @@ impl<'a, 't> WriteTxn<'a, 't> {
             mod_revision: rev.main,
             ..Default::default()
         };
-        self.table
-            .insert(rev.to_u128(), encode(&kv, true).as_slice())?;
+        self.table.insert_record(rev, encode(&kv, true));
         self.index.push(
             key,
             Version {
@@ -251,7 +248,7 @@ impl<'a, 't> WriteTxn<'a, 't> {
             remaining: -1,
             keys: Default::default(),
         };
-        self.lease_table.insert(g.id, lease.encode().as_slice())?;
+        self.table.insert_lease(g.id, lease.encode().to_vec());
         self.leases.insert(g.id, lease);
         Ok(LeaseGrantResponse {
             header: header(self.rev()),
@@ -268,7 +265,7 @@ impl<'a, 't> WriteTxn<'a, 't> {
         r: &LeaseRevokeRequest,
     ) -> Result<LeaseRevokeResponse, StoreError> {
         let lease = self.leases.remove(r.id).ok_or(StoreError::LeaseNotFound)?;
-        self.lease_table.remove(r.id)?;
+        self.table.remove_lease(r.id);
         for key in &lease.keys {
             self.delete_key(key, 0)?;
         }
@@ -285,8 +282,8 @@ impl<'a, 't> WriteTxn<'a, 't> {
     ) -> Result<LeaseCheckpointResponse, StoreError> {
         for cp in &c.checkpoints {
             if let Some(l) = self.leases.checkpoint(cp.id, cp.remaining_ttl) {
-                let bytes = l.encode();
-                self.lease_table.insert(cp.id, bytes.as_slice())?;
+                let row = l.encode().to_vec();
+                self.table.insert_lease(cp.id, row);
             }
         }
         Ok(LeaseCheckpointResponse {

@@ -11,16 +11,20 @@
 //! The shape is chosen for a replicated log. [`Store::apply_batch`] takes
 //! ordered [`Command`]s and applies them deterministically: no clock, no
 //! randomness, no thread-local state, so the same log applied to the same state
-//! yields the same state and the same responses on every node. A batch is one
-//! redb write transaction and one fsync (group commit); the in-memory key index
-//! is updated while the batch applies, but readers see a revision only once the
-//! batch holding it is durable. Reads ([`Store::range`], [`Store::txn_read`])
+//! yields the same state and the same responses on every node. A batch is
+//! applied in memory (the key index, and its records as pending writes) and
+//! made durable either by the store itself, one redb commit and fsync per
+//! batch ([`Store::apply_batch`]), or by a log in front of it, in which case
+//! redb receives the pending writes at the next checkpoint
+//! ([`Store::apply_logged`], [`Store::checkpoint`]); readers see a revision
+//! only once the batch holding it is durable. Reads ([`Store::range`], [`Store::txn_read`])
 //! never wait for an fsync: they hold the index lock only while they evaluate.
 //!
 //! What lives where:
 //! - [`index`]: the in-memory key index, key → list of versions, rebuilt from
 //!   redb on open.
 //! - [`backend`]: the redb tables and their encoding.
+//! - `pending`: applied records and lease rows not yet written to redb.
 //! - [`lease`]: leases and the keys attached to them.
 //! - [`read`]: evaluation of ranges and compares against a view of the index.
 //! - [`apply`]: the write commands.
@@ -33,6 +37,7 @@ pub mod backend;
 pub mod error;
 pub mod index;
 pub mod lease;
+mod pending;
 pub mod read;
 mod store;
 pub mod wal;

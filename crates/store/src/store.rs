@@ -1,14 +1,21 @@
 //! The [`Store`]: opening, batched application, publication and reads.
 //!
 //! Concurrency rules, which keep readers off the fsync path:
-//! - One writer at a time calls [`Store::apply_batch`]. It holds the state lock
-//!   while it applies the batch in memory (index and redb pages), releases it,
-//!   commits the redb transaction (the fsync), and only then takes the lock
-//!   again to *publish*: readers move to the batch's final revision.
+//! - One writer at a time (the `writing` lock) applies a batch. It holds the
+//!   state lock while it applies the batch in memory: the index, and the
+//!   new records and lease rows as *pending* writes (see [`crate::pending`]).
+//!   [`Store::apply_batch`] then writes them to redb with an fsync;
+//!   [`Store::apply_logged`] leaves them pending for the next
+//!   [`Store::checkpoint`], their durability being the log's. Only then
+//!   does it take the lock again to *publish*: readers move to the batch's
+//!   final revision.
 //! - Readers take the lock in shared mode, open a redb read transaction while
-//!   holding it, and read at the published revision. Versions in the index
-//!   newer than that belong to a batch that is not yet durable; they are
-//!   invisible.
+//!   holding it, and read at the published revision, pending records first.
+//!   Versions in the index newer than that belong to a batch that is not
+//!   yet durable; they are invisible.
+//! - A checkpoint holds `writing`, writes what is pending to redb under the
+//!   shared lock, commits, and only then takes the lock to forget it: a
+//!   reader finds each record in one place or the other, or both.
 //! - Compaction drops history from the index at publication, and from redb
 //!   only afterwards, in [`Store::finish_compaction`]. A reader that saw the
 //!   index before the drop opened its read transaction before it too, so the
@@ -31,6 +38,7 @@ use crate::backend::{decode, KV, META, META_APPLIED_INDEX, META_COMPACT_REV, MET
 use crate::error::StoreError;
 use crate::index::{KeyIndex, KeyRange, Revision, Version};
 use crate::lease::{Lease, LeaseTable, LEASES};
+use crate::pending::{Layered, Pending};
 use crate::read::View;
 
 /// The revision of an empty store, as in etcd: the first write makes 2.
@@ -83,6 +91,8 @@ struct State {
     /// Compacted revision decided by applied commands, not yet published.
     pending_compact_rev: i64,
     applied_index: u64,
+    /// Applied records and lease rows the next checkpoint writes to redb.
+    pending: Pending,
 }
 
 /// The MVCC key-value store. Cheap to share behind an `Arc`.
@@ -101,6 +111,10 @@ pub struct Store {
     /// Durable commits made by `apply_batch` and `checkpoint`: with group
     /// commit, fewer than the commands applied.
     batches: AtomicU64,
+    /// Held by whoever changes what is pending or stored (apply,
+    /// checkpoint, compaction cleanup), so a checkpoint writes out and then
+    /// forgets exactly the same pending writes.
+    writing: Mutex<()>,
 }
 
 impl Store {
@@ -166,10 +180,12 @@ impl Store {
                 compact_rev: compact,
                 pending_compact_rev: compact,
                 applied_index,
+                pending: Pending::default(),
             }),
             garbage: Mutex::new(garbage),
             published: AtomicI64::new(current),
             batches: AtomicU64::new(0),
+            writing: Mutex::new(()),
         };
         store.finish_compaction()?;
         Ok(store)
@@ -209,7 +225,7 @@ impl Store {
     /// storage failed and the node must stop: nothing of the batch was
     /// acknowledged, and the in-memory state may be ahead of the disk.
     pub fn apply_batch(&self, commands: &[(u64, Command)]) -> Result<Vec<Applied>, StoreError> {
-        self.apply(commands, Durability::Immediate)
+        self.apply(commands, true)
     }
 
     /// Applies `commands` like [`Store::apply_batch`], for a caller that has
@@ -218,39 +234,70 @@ impl Store {
     /// [`Store::checkpoint`] has run. The batch is published to readers at
     /// once: its durability is the log's.
     pub fn apply_logged(&self, commands: &[(u64, Command)]) -> Result<Vec<Applied>, StoreError> {
-        self.apply(commands, Durability::None)
+        self.apply(commands, false)
     }
 
     /// Makes everything applied so far durable in storage, and returns the
     /// log index it now holds: log entries up to it are no longer needed.
     pub fn checkpoint(&self) -> Result<u64, StoreError> {
-        let index = self.applied_index();
+        let _writing = self.writing.lock();
+        self.write_out()
+    }
+
+    /// Writes what is pending to redb in one durable commit, with where the
+    /// store stands, then forgets it. The caller holds `writing`.
+    fn write_out(&self) -> Result<u64, StoreError> {
         let mut tx = self.db.begin_write()?;
         tx.set_durability(Durability::Immediate)?;
+        let index = {
+            // Readers go on meanwhile; writers wait on `writing`.
+            let st = self.state.read();
+            {
+                let mut kv = tx.open_table(KV)?;
+                for (rev, record) in st.pending.records() {
+                    kv.insert(rev, record)?;
+                }
+                let mut rows = tx.open_table(LEASES)?;
+                for (id, row) in st.pending.lease_rows() {
+                    match row {
+                        Some(row) => rows.insert(id, row)?,
+                        None => rows.remove(id)?,
+                    };
+                }
+                let mut meta = tx.open_table(META)?;
+                meta.insert(META_CURRENT_REV, st.applied_rev as u64)?;
+                if st.pending_compact_rev != NEVER_COMPACTED {
+                    meta.insert(META_COMPACT_REV, st.pending_compact_rev as u64)?;
+                }
+                meta.insert(META_APPLIED_INDEX, st.applied_index)?;
+            }
+            st.applied_index
+        };
         tx.commit()?;
         self.batches.fetch_add(1, Ordering::Relaxed);
+        self.state.write().pending.clear();
         Ok(index)
     }
 
     fn apply(
         &self,
         commands: &[(u64, Command)],
-        durability: Durability,
+        durable: bool,
     ) -> Result<Vec<Applied>, StoreError> {
-        let mut tx = self.db.begin_write()?;
-        tx.set_durability(durability)?;
+        let _writing = self.writing.lock();
+        // Older records a command reads (a previous value, a txn's range)
+        // come from here when they are no longer pending.
+        let read = self.db.begin_read()?;
+        let stored = read.open_table(KV)?;
         let mut out = Vec::with_capacity(commands.len());
-        let (rev, compact, applied_index) = {
+        let (rev, compact) = {
             let mut st = self.state.write();
             let st = &mut *st;
-            let mut kv = tx.open_table(KV)?;
-            let mut lease_rows = tx.open_table(LEASES)?;
             for (log_index, cmd) in commands {
                 let mut w = WriteTxn::new(
                     &mut st.index,
-                    &mut kv,
+                    st.pending.writer(&stored),
                     &mut st.leases,
-                    &mut lease_rows,
                     st.applied_rev,
                     st.pending_compact_rev,
                 );
@@ -283,19 +330,12 @@ impl Store {
                     events: w.into_events(),
                 });
             }
-            (st.applied_rev, st.pending_compact_rev, st.applied_index)
+            (st.applied_rev, st.pending_compact_rev)
         };
-        {
-            let mut meta = tx.open_table(META)?;
-            meta.insert(META_CURRENT_REV, rev as u64)?;
-            if compact != NEVER_COMPACTED {
-                meta.insert(META_COMPACT_REV, compact as u64)?;
-            }
-            meta.insert(META_APPLIED_INDEX, applied_index)?;
-        }
-        tx.commit()?;
-        if matches!(durability, Durability::Immediate) {
-            self.batches.fetch_add(1, Ordering::Relaxed);
+        drop(stored);
+        drop(read);
+        if durable {
+            self.write_out()?;
         }
 
         let mut st = self.state.write();
@@ -311,7 +351,15 @@ impl Store {
     /// Deletes from storage the records that compactions dropped from the
     /// index. Safe to call at any time; a no-op when there is nothing to do.
     pub fn finish_compaction(&self) -> Result<(), StoreError> {
-        let garbage = std::mem::take(&mut *self.garbage.lock());
+        let mut garbage = std::mem::take(&mut *self.garbage.lock());
+        if garbage.is_empty() {
+            return Ok(());
+        }
+        let _writing = self.writing.lock();
+        {
+            let mut st = self.state.write();
+            garbage.retain(|rev| !st.pending.remove_record(*rev));
+        }
         if garbage.is_empty() {
             return Ok(());
         }
@@ -337,11 +385,15 @@ impl Store {
         // Opened under the lock: see the module comment on compaction.
         let tx = self.db.begin_read()?;
         let kv = tx.open_table(KV)?;
+        let records = Layered {
+            pending: &st.pending,
+            stored: &kv,
+        };
         let view = View {
             index: &st.index,
             rev: self.published.load(Ordering::Acquire),
             compact_rev: st.compact_rev,
-            records: &kv,
+            records: &records,
         };
         f(&view)
     }
@@ -404,30 +456,44 @@ impl Store {
             return Ok((Vec::new(), upto));
         }
         let tx = self.db.begin_read()?;
-        drop(st);
-        let kv = tx.open_table(KV)?;
         let start = Revision { main: from, sub: 0 }.to_u128();
         let end = Revision {
             main: upto + 1,
             sub: 0,
         }
         .to_u128();
+        // Records not yet in redb are copied while the lock holds them
+        // (at most one checkpoint interval of writes). redb's records from
+        // the first pending one on are copies of pending ones, from a
+        // checkpoint that has committed but not yet forgotten them.
+        let stored_end = st
+            .pending
+            .first_record()
+            .map_or(end, |first| first.min(end));
+        let recent: Vec<(u128, Vec<u8>)> = st
+            .pending
+            .records_in(start..end)
+            .map(|(rev, rec)| (rev, rec.to_vec()))
+            .collect();
+        drop(st);
+        let kv = tx.open_table(KV)?;
         let limit = limit.max(1);
         let mut events = Vec::new();
         let mut last = upto;
         let mut current = None;
-        for item in kv.range(start..end)? {
-            let (rev, rec) = item?;
-            let rev = Revision::from_u128(rev.value());
+        // Takes the record at `rev`; false once the limit is reached at a
+        // revision's end.
+        let mut take = |rev: u128, rec: &[u8]| -> Result<bool, StoreError> {
+            let rev = Revision::from_u128(rev);
             if current != Some(rev.main) {
                 // A new revision starts: the previous one is complete.
                 if let (Some(done), true) = (current, events.len() >= limit) {
                     last = done;
-                    break;
+                    return Ok(false);
                 }
                 current = Some(rev.main);
             }
-            let (kv, tombstone) = decode(rec.value())?;
+            let (kv, tombstone) = decode(rec)?;
             if range.contains(&kv.key) {
                 let r#type = if tombstone {
                     EventType::Delete
@@ -440,14 +506,35 @@ impl Store {
                     prev_kv: None,
                 });
             }
+            Ok(true)
+        };
+        let mut more = true;
+        if start < stored_end {
+            for item in kv.range(start..stored_end)? {
+                let (rev, rec) = item?;
+                if !take(rev.value(), rec.value())? {
+                    more = false;
+                    break;
+                }
+            }
+        }
+        if more {
+            for (rev, rec) in &recent {
+                if !take(*rev, rec)? {
+                    break;
+                }
+            }
         }
         Ok((events, last))
     }
 
     /// Number of records in storage, tombstones and old versions included.
     pub fn record_count(&self) -> Result<u64, StoreError> {
+        // No checkpoint between the two counts, so nothing is in both.
+        let _writing = self.writing.lock();
+        let pending = self.state.read().pending.records().count() as u64;
         let tx = self.db.begin_read()?;
-        Ok(tx.open_table(KV)?.len()?)
+        Ok(tx.open_table(KV)?.len()? + pending)
     }
 
     /// Reads a named counter kept beside the data (node identity and such).

@@ -5,8 +5,8 @@
 //! (about nine page writes for a single put) plus an fsync; appending the
 //! batch's commands to a log costs one sequential write and one
 //! `fdatasync`. So the writer appends each batch here first, then applies it
-//! to the store with a non-durable commit, and makes the store durable only
-//! now and then (a *checkpoint*). After a crash the store comes back at its
+//! to the store in memory (its pending writes), and writes the store out
+//! durably only now and then (a *checkpoint*). After a crash the store comes back at its
 //! last checkpoint and the log replays what came after, through the same
 //! deterministic apply. This is etcd's shape (WAL plus a periodic backend
 //! commit), and the shape a Raft log will take.

@@ -4,8 +4,10 @@
 //! Proptest draws sequences of steps over a small key space, so that writes
 //! collide, ranges overlap and compares go both ways: batches of Put,
 //! DeleteRange, Txn and Compact commands applied through
-//! [`Store::apply_batch`], plain and historical ranges, read-only txns, and
-//! restarts that drop the store and open its file again. Every response, every
+//! [`Store::apply_batch`] or kept pending by [`Store::apply_logged`] until a
+//! checkpoint, plain and historical ranges, read-only txns, the events a
+//! catching-up watcher reads, and restarts that drop the store and open its
+//! file again. Every response, every
 //! refusal and every watch event is compared with what the model predicts, and
 //! after every step so are the store's revision, compacted revision, applied
 //! log index and number of stored records (so a compaction that leaks or
@@ -46,6 +48,7 @@ use roster_proto::etcdserverpb::{
 };
 use roster_proto::mvccpb::{event::EventType, Event, KeyValue};
 use roster_proto::roster::{command::Kind, Command};
+use roster_store::index::KeyRange;
 use roster_store::{CommandResponse, Store, StoreError};
 
 // ---------------------------------------------------------------------------
@@ -746,20 +749,31 @@ fn read_only_txn() -> impl Strategy<Value = TxnRequest> {
 #[derive(Debug, Clone)]
 enum Step {
     /// Commands applied as one batch, then maybe the compaction cleanup.
+    /// `logged` batches go through `apply_logged`: they stay pending, in
+    /// memory, until a checkpoint.
     Batch {
         commands: Vec<Command>,
         finish: bool,
+        logged: bool,
     },
+    /// Write what is pending to storage.
+    Checkpoint,
+    /// Every event still in storage, as a watcher catching up reads them.
+    Events,
     Range(RangeRequest),
     ReadTxn(TxnRequest),
-    /// Drop the store and open its file again.
+    /// Drop the store (after a checkpoint, as a node stops) and open its
+    /// file again.
     Reopen,
 }
 
 fn step() -> impl Strategy<Value = Step> {
     let batch = prop_oneof![3 => vec(command(), 1..=1), 1 => vec(command(), 2..=4)];
     prop_oneof![
-        8 => (batch, any::<bool>()).prop_map(|(commands, finish)| Step::Batch { commands, finish }),
+        8 => (batch, any::<bool>(), any::<bool>())
+            .prop_map(|(commands, finish, logged)| Step::Batch { commands, finish, logged }),
+        1 => Just(Step::Checkpoint),
+        1 => Just(Step::Events),
         4 => range_request().prop_map(Step::Range),
         1 => read_only_txn().prop_map(Step::ReadTxn),
         1 => Just(Step::Reopen),
@@ -833,6 +847,8 @@ struct Harness {
     /// The compacted revision as of the last cleanup of storage: records
     /// dropped by later compactions may still be on disk.
     cleaned: i64,
+    /// Every event the model predicted, in order.
+    events: Vec<Event>,
 }
 
 impl Harness {
@@ -847,6 +863,7 @@ impl Harness {
             model: Model::new(),
             log_index: 0,
             cleaned: 0,
+            events: Vec::new(),
         })
     }
 
@@ -856,7 +873,11 @@ impl Harness {
 
     fn step(&mut self, step: &Step) -> Result<(), TestCaseError> {
         match step {
-            Step::Batch { commands, finish } => {
+            Step::Batch {
+                commands,
+                finish,
+                logged,
+            } => {
                 let mut batch = Vec::new();
                 let mut expected = Vec::new();
                 // Later commands in a batch see the earlier ones, so each is
@@ -868,14 +889,17 @@ impl Harness {
                     batch.push((self.log_index, cmd));
                     expected.push((outcome(response), events));
                 }
-                let applied = self
-                    .store()
-                    .apply_batch(&batch)
-                    .map_err(|e| fail("apply_batch", e))?;
+                let applied = if *logged {
+                    self.store().apply_logged(&batch)
+                } else {
+                    self.store().apply_batch(&batch)
+                }
+                .map_err(|e| fail("apply", e))?;
                 prop_assert_eq!(applied.len(), batch.len());
                 for ((cmd, (response, events)), got) in batch.iter().zip(expected).zip(applied) {
                     prop_assert_eq!(outcome(got.response), response, "response to {:?}", cmd);
-                    prop_assert_eq!(got.events, events, "events of {:?}", cmd);
+                    prop_assert_eq!(&got.events, &events, "events of {:?}", cmd);
+                    self.events.extend(events);
                 }
                 if *finish {
                     self.store()
@@ -901,7 +925,33 @@ impl Harness {
                 prop_assert!(events.is_empty(), "a read-only txn wrote: {:?}", cmd);
                 prop_assert_eq!(got, outcome(want), "read-only {:?}", cmd);
             }
+            Step::Checkpoint => {
+                let upto = self
+                    .store()
+                    .checkpoint()
+                    .map_err(|e| fail("checkpoint", e))?;
+                prop_assert_eq!(upto, self.log_index);
+            }
+            Step::Events => {
+                // Above the compacted revision every record is kept.
+                let from = (self.model.compacted + 1).max(1);
+                let all = KeyRange::new(&[0], &[0]);
+                let (got, last) = self
+                    .store()
+                    .events(from, &all, usize::MAX)
+                    .map_err(|e| fail("events", e))?;
+                let want: Vec<&Event> = self
+                    .events
+                    .iter()
+                    .filter(|e| e.kv.as_ref().is_some_and(|kv| kv.mod_revision >= from))
+                    .collect();
+                prop_assert_eq!(got.iter().collect::<Vec<_>>(), want, "events from {}", from);
+                prop_assert_eq!(last, self.model.rev());
+            }
             Step::Reopen => {
+                self.store()
+                    .checkpoint()
+                    .map_err(|e| fail("checkpoint", e))?;
                 // Drop first: redb refuses a second handle on an open file.
                 self.store = None;
                 self.store = Some(Store::open(&self.path).map_err(|e| fail("reopen", e))?);
