@@ -28,8 +28,9 @@
 //!   next one queues, so under load throughput grows with concurrency
 //!   instead of being capped at one sync per write.
 //!
-//! Every [`CHECKPOINT_EVERY`] while writes flow, and that long after the
-//! last write, the writer thread makes the store itself durable and drops
+//! Every [`CHECKPOINT_EVERY`] while writes flow (sooner once
+//! [`CHECKPOINT_RECORDS`] are pending), and that long after the last write,
+//! the writer thread makes the store itself durable and drops
 //! the log segments the store no longer needs, so a restart replays at most
 //! that much log (see `roster_store::wal`). The first commit after a
 //! checkpoint starts that clock.
@@ -61,6 +62,12 @@ pub const MAX_BATCH: usize = 1024;
 /// How often, while writes flow, the store is made durable and the log
 /// trimmed: etcd commits its backend every 100 ms too.
 pub const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
+
+/// Records pending in the store that make a checkpoint due sooner. Commits
+/// wait while a checkpoint writes the store out (about 0.7 ms plus 3 µs a
+/// record), so under heavy writing smaller, more frequent checkpoints keep
+/// that wait short: at 20k puts/s, 100 ms of writes took 6–10 ms.
+pub const CHECKPOINT_RECORDS: usize = 512;
 
 struct Proposal {
     cmd: Command,
@@ -314,7 +321,9 @@ impl Shared {
     /// checkpoint has run out.
     fn checkpoint_if_due(&self, core: &mut MutexGuard<'_, Core>) {
         let since = self.queue.lock().dirty_since;
-        if since.is_some_and(|t| t.elapsed() >= CHECKPOINT_EVERY) {
+        let due = since.is_some_and(|t| t.elapsed() >= CHECKPOINT_EVERY)
+            || self.store.pending_records() >= CHECKPOINT_RECORDS;
+        if due {
             if let Err(e) = checkpoint(&self.store, &mut core.wal) {
                 return self.fail(&mut Vec::new(), e);
             }
@@ -389,6 +398,8 @@ pub fn recover(store: &Store, dir: &Path) -> Result<Wal, StoreError> {
 
 /// Makes the store durable and drops the log it no longer needs.
 fn checkpoint(store: &Store, wal: &mut Wal) -> Result<(), StoreError> {
+    let started = Instant::now();
     let upto = store.checkpoint()?;
+    tracing::debug!(upto, took = ?started.elapsed(), "checkpoint");
     wal.release(upto)
 }

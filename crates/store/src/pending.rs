@@ -32,6 +32,11 @@ pub struct Pending {
 }
 
 impl Pending {
+    /// Number of pending records.
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
     /// The encoded record at `rev`, if it is pending.
     pub fn record(&self, rev: Revision) -> Option<&[u8]> {
         self.records.get(&rev.to_u128()).map(Vec::as_slice)

@@ -202,6 +202,12 @@ impl Store {
         self.state.read().compact_rev
     }
 
+    /// Records applied but not yet written to redb (see
+    /// [`Store::checkpoint`]).
+    pub fn pending_records(&self) -> usize {
+        self.state.read().pending.len()
+    }
+
     /// The log index of the last applied command.
     pub fn applied_index(&self) -> u64 {
         self.state.read().applied_index
