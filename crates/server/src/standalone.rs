@@ -307,10 +307,18 @@ impl Shared {
         for (p, applied) in after_cleanup {
             let _ = p.done.send(Ok(applied));
         }
-        // Start the checkpoint clock; the writer thread keeps it.
+        // Start the checkpoint clock, or make the checkpoint due now when
+        // enough is pending; the writer thread keeps the clock.
+        let full = self.store.pending_records() >= CHECKPOINT_RECORDS;
         let mut queue = self.queue.lock();
-        if queue.dirty_since.is_none() {
-            queue.dirty_since = Some(Instant::now());
+        if queue.dirty_since.is_none() || full {
+            let now = Instant::now();
+            let since = if full {
+                now.checked_sub(CHECKPOINT_EVERY).unwrap_or(now)
+            } else {
+                now
+            };
+            queue.dirty_since = Some(since);
             if queue.writer_idle {
                 self.wake.notify_one();
             }
@@ -318,7 +326,7 @@ impl Shared {
     }
 
     /// Checkpoints if the clock started by the first commit since the last
-    /// checkpoint has run out.
+    /// checkpoint has run out, or enough records are pending.
     fn checkpoint_if_due(&self, core: &mut MutexGuard<'_, Core>) {
         let since = self.queue.lock().dirty_since;
         let due = since.is_some_and(|t| t.elapsed() >= CHECKPOINT_EVERY)
