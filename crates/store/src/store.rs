@@ -235,10 +235,11 @@ impl Store {
     }
 
     /// Applies `commands` like [`Store::apply_batch`], for a caller that has
-    /// already made them durable in a log (see [`crate::wal`]): the storage
-    /// commit is not synced, so it survives a crash only once a later
-    /// [`Store::checkpoint`] has run. The batch is published to readers at
-    /// once: its durability is the log's.
+    /// already made them durable in a log (see [`crate::wal`]): their
+    /// records stay pending in memory, readable, and reach storage (and
+    /// survive a crash) only when a later [`Store::checkpoint`] writes them
+    /// out. The batch is published to readers at once: its durability is
+    /// the log's.
     pub fn apply_logged(&self, commands: &[(u64, Command)]) -> Result<Vec<Applied>, StoreError> {
         self.apply(commands, false)
     }
