@@ -36,7 +36,17 @@ pub struct Roster {
 /// Spawns `cmd` with stderr piped, waits until a line containing `marker`
 /// appears and returns the lines seen so far; the rest of stderr (and stdout)
 /// is drained in the background.
-fn spawn_until_ready(mut cmd: Command, marker: &'static str) -> (Child, Vec<String>) {
+fn spawn_until_ready(cmd: Command, marker: &'static str) -> (Child, Vec<String>) {
+    try_spawn_until_ready(cmd, marker)
+        .unwrap_or_else(|lines| panic!("server exited before it was ready:\n{}", lines.join("\n")))
+}
+
+/// [`spawn_until_ready`], with the lines the server wrote if it exited
+/// before it was ready.
+fn try_spawn_until_ready(
+    mut cmd: Command,
+    marker: &'static str,
+) -> Result<(Child, Vec<String>), Vec<String>> {
     let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -66,10 +76,11 @@ fn spawn_until_ready(mut cmd: Command, marker: &'static str) -> (Child, Vec<Stri
         }
     });
     match rx.recv_timeout(READY_TIMEOUT) {
-        Ok(Ok(lines)) => (child, lines),
+        Ok(Ok(lines)) => Ok((child, lines)),
         Ok(Err(lines)) => {
             let _ = child.kill();
-            panic!("server exited before it was ready:\n{}", lines.join("\n"));
+            let _ = child.wait();
+            Err(lines)
         }
         Err(_) => {
             let _ = child.kill();
@@ -201,17 +212,36 @@ pub struct Etcd {
 
 impl Etcd {
     /// Starts a fresh etcd on free loopback ports.
+    ///
+    /// A probed port can be taken by another test's server before etcd
+    /// binds it (etcd cannot be told to pick its own); then etcd exits with
+    /// "address already in use" and is started again on other ports.
     pub fn start() -> Etcd {
-        let tmp = tempfile::tempdir().expect("tempdir");
-        let client = format!("http://127.0.0.1:{}", free_port());
-        let peer = format!("http://127.0.0.1:{}", free_port());
-        let child = Etcd::spawn(tmp.path(), &client, &peer);
-        Etcd {
-            child,
-            endpoint: client.trim_start_matches("http://").to_string(),
-            peer,
-            _tmp: tmp,
+        const ATTEMPTS: usize = 5;
+        let mut last = Vec::new();
+        for _ in 0..ATTEMPTS {
+            let tmp = tempfile::tempdir().expect("tempdir");
+            let client = format!("http://127.0.0.1:{}", free_port());
+            let peer = format!("http://127.0.0.1:{}", free_port());
+            match try_spawn_until_ready(Etcd::command(tmp.path(), &client, &peer), ETCD_READY) {
+                Ok((child, _)) => {
+                    return Etcd {
+                        child,
+                        endpoint: client.trim_start_matches("http://").to_string(),
+                        peer,
+                        _tmp: tmp,
+                    }
+                }
+                Err(lines) if lines.iter().any(|l| l.contains("address already in use")) => {
+                    last = lines;
+                }
+                Err(lines) => panic!("etcd exited before it was ready:\n{}", lines.join("\n")),
+            }
         }
+        panic!(
+            "etcd found its ports taken {ATTEMPTS} times:\n{}",
+            last.join("\n")
+        );
     }
 
     /// Kills etcd (SIGKILL) and starts it again on the same data and ports.
@@ -219,10 +249,11 @@ impl Etcd {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let client = format!("http://{}", self.endpoint);
-        self.child = Etcd::spawn(self._tmp.path(), &client, &self.peer);
+        let cmd = Etcd::command(self._tmp.path(), &client, &self.peer);
+        self.child = spawn_until_ready(cmd, ETCD_READY).0;
     }
 
-    fn spawn(dir: &Path, client: &str, peer: &str) -> Child {
+    fn command(dir: &Path, client: &str, peer: &str) -> Command {
         let mut cmd = Command::new(etcd_binary());
         cmd.arg("--name")
             .arg("default")
@@ -238,9 +269,12 @@ impl Etcd {
             .arg(peer)
             .arg("--initial-cluster")
             .arg(format!("default={peer}"));
-        spawn_until_ready(cmd, "ready to serve client requests").0
+        cmd
     }
 }
+
+/// What etcd writes once it serves clients.
+const ETCD_READY: &str = "ready to serve client requests";
 
 impl Drop for Etcd {
     fn drop(&mut self) {
