@@ -326,12 +326,11 @@ impl Shared {
     }
 
     /// Checkpoints if the clock started by the first commit since the last
-    /// checkpoint has run out, or enough records are pending.
+    /// checkpoint has run out (a commit that leaves enough records pending
+    /// sets the clock back so that it has).
     fn checkpoint_if_due(&self, core: &mut MutexGuard<'_, Core>) {
         let since = self.queue.lock().dirty_since;
-        let due = since.is_some_and(|t| t.elapsed() >= CHECKPOINT_EVERY)
-            || self.store.pending_records() >= CHECKPOINT_RECORDS;
-        if due {
+        if since.is_some_and(|t| t.elapsed() >= CHECKPOINT_EVERY) {
             if let Err(e) = checkpoint(&self.store, &mut core.wal) {
                 return self.fail(&mut Vec::new(), e);
             }

@@ -66,7 +66,7 @@ impl Pending {
 
     /// Records in revision order.
     pub fn records(&self) -> impl Iterator<Item = (u128, &[u8])> {
-        self.records_in(0..u128::MAX)
+        self.records.iter().map(|(rev, rec)| (*rev, rec.as_slice()))
     }
 
     /// Forgets everything: a checkpoint has written it to redb.
