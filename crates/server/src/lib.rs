@@ -1,7 +1,8 @@
 //! A Roster node: the etcd v3 gRPC API over the MVCC store.
 //!
 //! The ladder, top to bottom, each rung knowing only the one below:
-//! - [`mod@serve`]: listeners and graceful shutdown.
+//! - [`mod@serve`]: listeners and graceful shutdown; [`coalesce`] lets the
+//!   answers of one commit leave a connection in one write.
 //! - [`service`]: one thin gRPC service per etcd service — validate
 //!   ([`validate`]), call the node, map errors once ([`error`]), fill headers.
 //! - [`node`]: the store, the node identity, and the consensus in front of
@@ -14,6 +15,7 @@
 //! [`roster_store::Command`]s proposed to consensus and are answered once
 //! durable.
 
+pub mod coalesce;
 pub mod config;
 pub mod consensus;
 pub mod error;

@@ -148,6 +148,12 @@ impl Node {
         self.consensus.syncs()
     }
 
+    /// Answers to writes not yet taken by their requests' tasks: the
+    /// connections' write coalescing waits for them.
+    pub fn backlog(&self) -> crate::coalesce::Backlog {
+        self.consensus.backlog()
+    }
+
     /// Size of the database file.
     pub fn db_size(&self) -> u64 {
         self.store.size_on_disk()

@@ -16,9 +16,11 @@ use roster_proto::etcdserverpb::maintenance_server::MaintenanceServer;
 use roster_proto::v3electionpb::election_server::ElectionServer;
 use roster_proto::v3lockpb::lock_server::LockServer;
 use tokio::net::TcpListener;
+use tokio_stream::StreamExt;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::Server;
 
+use crate::coalesce::Coalesce;
 use crate::config::GRPC_OVERHEAD_BYTES;
 use crate::node::Node;
 use crate::service::{
@@ -92,7 +94,10 @@ pub async fn serve(
         // Without TCP_NODELAY a small response written after a small
         // request waits for the peer's delayed ACK (40 ms on Linux): that
         // is what a watch event or a keepalive answer is.
-        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+        let backlog = node.backlog();
+        let incoming = TcpIncoming::from(listener)
+            .with_nodelay(Some(true))
+            .map(move |conn| conn.map(|io| Coalesce::new(io, backlog.clone())));
         servers.spawn(router.serve_with_incoming_shutdown(incoming, async move {
             let _ = rx.wait_for(|stop| *stop).await;
         }));

@@ -52,6 +52,7 @@ use roster_store::wal::Wal;
 use roster_store::{Applied, Command, Store, StoreError};
 use tokio::sync::{oneshot, Notify};
 
+use crate::coalesce::{Answer, Backlog};
 use crate::consensus::{Consensus, ConsensusStatus, ProposeFuture};
 use crate::error::ServerError;
 
@@ -71,8 +72,12 @@ pub const CHECKPOINT_RECORDS: usize = 512;
 
 struct Proposal {
     cmd: Command,
-    done: oneshot::Sender<Result<Applied, ServerError>>,
+    done: oneshot::Sender<Outcome>,
 }
+
+/// A proposal's outcome, and its place in the [`Backlog`] until the
+/// proposer takes it (none when the write path stopped).
+type Outcome = (Result<Applied, ServerError>, Option<Answer>);
 
 /// The single-node [`Consensus`].
 pub struct Standalone {
@@ -92,6 +97,8 @@ struct Shared {
     applied: AtomicU64,
     /// Log appends made: one `fdatasync` each.
     syncs: AtomicU64,
+    /// Answers not yet taken by their proposers (see `crate::coalesce`).
+    backlog: Backlog,
     failed: AtomicBool,
     fatal: Arc<Notify>,
     queue: Mutex<Queue>,
@@ -137,6 +144,7 @@ impl Standalone {
             term,
             member_id,
             syncs: AtomicU64::new(0),
+            backlog: Backlog::default(),
             failed: AtomicBool::new(false),
             fatal,
             queue: Mutex::new(Queue::default()),
@@ -157,6 +165,11 @@ impl Standalone {
     /// Number of log appends so far: durable commits, one `fdatasync` each.
     pub fn syncs(&self) -> u64 {
         self.shared.syncs.load(Ordering::Relaxed)
+    }
+
+    /// Answers given and not yet taken by their proposers.
+    pub fn backlog(&self) -> Backlog {
+        self.shared.backlog.clone()
     }
 
     /// Stops accepting proposals, lets the writer finish what is queued,
@@ -183,7 +196,9 @@ impl Consensus for Standalone {
         Box::pin(async move {
             let (done, rx) = oneshot::channel();
             shared.submit(Proposal { cmd, done })?;
-            rx.await.map_err(|_| ServerError::Stopped)?
+            // The answer leaves the backlog as this returns.
+            let (outcome, _answer) = rx.await.map_err(|_| ServerError::Stopped)?;
+            outcome
         })
     }
 
@@ -297,7 +312,7 @@ impl Shared {
                     after_cleanup.push((p, applied))
                 }
                 _ => {
-                    let _ = p.done.send(Ok(applied));
+                    let _ = p.done.send((Ok(applied), Some(self.backlog.answer())));
                 }
             }
         }
@@ -305,7 +320,7 @@ impl Shared {
             tracing::error!(error = %e, "removing compacted revisions failed");
         }
         for (p, applied) in after_cleanup {
-            let _ = p.done.send(Ok(applied));
+            let _ = p.done.send((Ok(applied), Some(self.backlog.answer())));
         }
         // Start the checkpoint clock, or make the checkpoint due now when
         // enough is pending; the writer thread keeps the clock.
@@ -374,7 +389,7 @@ impl Shared {
 
 fn answer_stopped(proposals: impl IntoIterator<Item = Proposal>) {
     for p in proposals {
-        let _ = p.done.send(Err(ServerError::Stopped));
+        let _ = p.done.send((Err(ServerError::Stopped), None));
     }
 }
 
