@@ -64,6 +64,14 @@ async fn a_write_gives_way_once_while_answers_wait_and_never_otherwise() {
     assert_eq!(&got, b"abc");
 }
 
+fn put(key: &str) -> CommandKind {
+    CommandKind::Put(PutRequest {
+        key: key.as_bytes().to_vec(),
+        value: b"v".to_vec(),
+        ..Default::default()
+    })
+}
+
 /// Every answer leaves the backlog: taken by its proposer, or dropped with
 /// a proposer that went away before taking it. A count left behind would
 /// make every later write wait.
@@ -75,12 +83,7 @@ async fn the_backlog_empties_whether_proposers_take_answers_or_go_away() {
     for i in 0..200 {
         let node = node.clone();
         tasks.spawn(async move {
-            let put = PutRequest {
-                key: format!("k{i}").into_bytes(),
-                value: b"v".to_vec(),
-                ..Default::default()
-            };
-            node.propose(CommandKind::Put(put)).await.unwrap();
+            node.propose(put(&format!("k{i}"))).await.unwrap();
         });
     }
     // Once the first has its answer, cancel the rest wherever they are:
@@ -100,12 +103,7 @@ async fn the_backlog_empties_whether_proposers_take_answers_or_go_away() {
     // Writes already queued still commit, and their answers go to closed
     // channels. One more write, answered after all of them (the queue is
     // first in, first out), shows when they are through.
-    let put = PutRequest {
-        key: b"last".to_vec(),
-        value: b"v".to_vec(),
-        ..Default::default()
-    };
-    node.propose(CommandKind::Put(put)).await.unwrap();
+    node.propose(put("last")).await.unwrap();
     assert_eq!(node.backlog().len(), 0, "answers left in the backlog");
     node.stop();
 }
