@@ -60,10 +60,6 @@ impl Backlog {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
-
-    fn waiting(&self) -> bool {
-        !self.is_empty()
-    }
 }
 
 /// One answer in the [`Backlog`], counted until dropped.
@@ -87,7 +83,7 @@ impl<T> Coalesce<T> {
 
     /// True when this write should wait once for the answers in flight.
     fn give_way(&mut self, cx: &mut Context<'_>) -> bool {
-        if self.yielded || !self.backlog.waiting() {
+        if self.yielded || self.backlog.is_empty() {
             return false;
         }
         self.yielded = true;
