@@ -51,13 +51,39 @@ fn check(r: &Value, scenario: &str, want: u64) {
     assert_eq!(in_buckets, want, "{r}");
 }
 
+/// The store's revision, read with an independent client.
+fn revision(ep: &str) -> i64 {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut c = etcd_client::Client::connect([ep], None).await.unwrap();
+        let r = c.get("any", None).await.unwrap();
+        r.header().unwrap().revision()
+    })
+}
+
 #[test]
 fn put_range_and_txn_report_every_operation() {
     let server = Roster::start();
     let ep = server.endpoint.as_str();
-    let r = bench(&["put", "--endpoints", ep, "--total", "200", "--clients", "4"]);
+    // Several clients share each connection, and so a task: every put
+    // counted must have happened, and no more.
+    let r = bench(&[
+        "put",
+        "--endpoints",
+        ep,
+        "--total",
+        "200",
+        "--clients",
+        "7",
+        "--conns",
+        "2",
+    ]);
     check(&r, "put", 200);
     assert_eq!(r["params"]["val_size"], 256);
+    assert_eq!(revision(ep), 1 + 200);
 
     let r = bench(&[
         "range",

@@ -201,7 +201,15 @@ pub async fn noop(mut a: NoopArgs) -> Result<(), String> {
         .map(|i| StatusWorker(MaintenanceClient::new(chans[i % chans.len()].clone())))
         .collect();
     let rec = Arc::new(Recorder::new());
-    let out = drive("noop", workers, a.common.stop(), a.common.rate, rec.clone()).await;
+    let out = drive(
+        "noop",
+        workers,
+        chans.len(),
+        a.common.stop(),
+        a.common.rate,
+        rec.clone(),
+    )
+    .await;
     if let Some(s) = server {
         s.abort();
     }

@@ -19,8 +19,14 @@
 //! queued together before the call returns, and only a body that is still
 //! streaming (a watch or keepalive stream) gets a task that sends the rest.
 //! A broken connection fails the calls, which the run counts.
+//!
+//! The requests queued on a connection since its last write leave in one
+//! write (see [`Unvectored`]); the driver runs all the clients of one
+//! connection in one task, so those resumed by one read of answers have
+//! all queued their next request before the connection's task writes.
 
 use std::future::Future;
+use std::io;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll, Waker};
 
@@ -29,6 +35,7 @@ use h2::client::SendRequest;
 use h2::{RecvStream, SendStream};
 use http::uri::{PathAndQuery, Uri};
 use http_body::{Body as _, Frame};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tonic::body::Body;
 use tonic::codegen::Service;
 
@@ -68,7 +75,7 @@ impl Conn {
             .initial_window_size(STREAM_WINDOW)
             .initial_connection_window_size(CONN_WINDOW)
             .enable_push(false)
-            .handshake(tcp)
+            .handshake(Unvectored(tcp))
             .await
             .map_err(|e| format!("HTTP/2 handshake with {authority}: {e}"))?;
         tokio::spawn(async move {
@@ -244,5 +251,45 @@ impl http_body::Body for RecvBody {
 
     fn is_end_stream(&self) -> bool {
         self.done
+    }
+}
+
+/// A socket that tells h2 it cannot write vectored.
+///
+/// h2 keeps a DATA frame's payload apart from its write buffer (to write
+/// the two together with `writev`) when the payload is 256 bytes or more
+/// and the socket writes vectored, and it cannot buffer another frame until
+/// that payload is written. A put of a 256-byte value is such a payload, so
+/// every request left in a write of its own, however many were queued.
+/// Without vectored writes h2 copies payloads under 1 KiB into the buffer,
+/// and the requests queued since the last write leave in one. (A larger
+/// payload then takes two writes, its frame header and itself.)
+pub struct Unvectored<T>(T);
+
+impl<T: AsyncRead + Unpin> AsyncRead for Unvectored<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Unvectored<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, data)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
     }
 }

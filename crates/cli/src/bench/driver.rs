@@ -11,6 +11,15 @@
 //! offered rate. Latency is still timed from the actual send; a run whose
 //! server cannot keep up shows it as a shortfall in achieved rate.
 //!
+//! The clients of one connection run in one task, not one task each. When
+//! a read brings the answers of several of them, that task resumes them all
+//! and each queues its next request before the connection's task runs and
+//! writes them, in one write (see `conn.rs`). With a task per client, tokio
+//! ran the connection's task, freshly woken, after each client, and every
+//! request took a write of its own: on loopback a write also carries the
+//! receiver's TCP work, so that cost both the generator and the server
+//! measured.
+//!
 //! Workers are built, and their connections and streams set up, before
 //! [`drive`] is called, so that setting up is never measured. The progress
 //! bar goes to stderr and is hidden when stderr is not a terminal, so
@@ -22,6 +31,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use indicatif::{ProgressBar, ProgressStyle};
 use parking_lot::Mutex;
 
@@ -63,8 +73,15 @@ pub struct Outcome {
     pub aborted: bool,
 }
 
-/// Counters shared by the workers of one run.
+/// The plan and counters shared by the workers of one run.
 struct Shared {
+    stop: Stop,
+    /// Operations per second over all workers; 0 for no cap.
+    rate: f64,
+    start: Instant,
+    /// For a timed run, when it ends.
+    deadline: Option<Instant>,
+    recorder: Arc<Recorder>,
     next: AtomicU64,
     ok: AtomicU64,
     errors: AtomicU64,
@@ -102,61 +119,59 @@ pub fn progress(label: &str, len: u64) -> ProgressBar {
 }
 
 /// Runs `workers` until `stop`, recording each successful operation's
-/// latency into `recorder` under the worker's index.
+/// latency into `recorder` under the worker's index. Worker `i` runs in
+/// task `i % groups`: pass the number of connections the workers were
+/// dealt round-robin, so that each task holds one connection's clients.
 pub async fn drive<W: Worker>(
     label: &str,
     workers: Vec<W>,
+    groups: usize,
     stop: Stop,
     rate: f64,
     recorder: Arc<Recorder>,
 ) -> Outcome {
-    let shared = Arc::new(Shared {
-        next: AtomicU64::new(0),
-        ok: AtomicU64::new(0),
-        errors: AtomicU64::new(0),
-        abort: AtomicBool::new(false),
-        samples: Mutex::new(Vec::new()),
-    });
     let (len, deadline_ms) = match stop {
         Stop::Total(n) => (n, None),
         Stop::After(d) => (d.as_millis() as u64, Some(d.as_millis() as u64)),
     };
     let pb = progress(label, len);
     let start = Instant::now();
-    let deadline = match stop {
-        Stop::After(d) => Some(start + d),
-        Stop::Total(_) => None,
-    };
+    let shared = Arc::new(Shared {
+        stop,
+        rate,
+        start,
+        deadline: match stop {
+            Stop::After(d) => Some(start + d),
+            Stop::Total(_) => None,
+        },
+        recorder,
+        next: AtomicU64::new(0),
+        ok: AtomicU64::new(0),
+        errors: AtomicU64::new(0),
+        abort: AtomicBool::new(false),
+        samples: Mutex::new(Vec::new()),
+    });
+    let groups = groups.clamp(1, workers.len().max(1));
+    let mut grouped: Vec<Vec<(usize, W)>> = (0..groups).map(|_| Vec::new()).collect();
+    for (i, w) in workers.into_iter().enumerate() {
+        grouped[i % groups].push((i, w));
+    }
     let mut tasks = tokio::task::JoinSet::new();
-    for (i, mut w) in workers.into_iter().enumerate() {
+    for group in grouped {
         let shared = shared.clone();
-        let recorder = recorder.clone();
         tasks.spawn(async move {
-            loop {
-                if shared.abort.load(Ordering::Relaxed) {
-                    break;
-                }
-                let seq = shared.next.fetch_add(1, Ordering::Relaxed);
-                match stop {
-                    Stop::Total(n) if seq >= n => break,
-                    _ => {}
-                }
-                if rate > 0.0 {
-                    let at = start + Duration::from_secs_f64(seq as f64 / rate);
-                    tokio::time::sleep_until(at.into()).await;
-                }
-                if deadline.is_some_and(|d| Instant::now() >= d) {
-                    break;
-                }
-                let t = Instant::now();
-                match w.op(seq).await {
-                    Ok(()) => {
-                        recorder.record(i, t.elapsed());
-                        shared.ok.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Err(e) => shared.fail(e),
-                }
+            // `FuturesUnordered` wakes its own task after polling as many
+            // futures as it holds, to be fair to other tasks: for a lone
+            // client, a second task run and often a thread woken per call.
+            if let [(i, _)] = group[..] {
+                let (_, w) = group.into_iter().next().expect("one client");
+                return client(i, w, &shared).await;
             }
+            let mut clients: FuturesUnordered<_> = group
+                .into_iter()
+                .map(|(i, w)| client(i, w, &shared))
+                .collect();
+            while clients.next().await.is_some() {}
         });
     }
     // The bar is fed by a ticker, not by the workers, so that a thousand
@@ -191,6 +206,35 @@ pub async fn drive<W: Worker>(
         error_samples: samples,
         duration,
         aborted: shared.abort.load(Ordering::Relaxed),
+    }
+}
+
+/// One client's closed loop.
+async fn client<W: Worker>(i: usize, mut w: W, shared: &Shared) {
+    loop {
+        if shared.abort.load(Ordering::Relaxed) {
+            break;
+        }
+        let seq = shared.next.fetch_add(1, Ordering::Relaxed);
+        match shared.stop {
+            Stop::Total(n) if seq >= n => break,
+            _ => {}
+        }
+        if shared.rate > 0.0 {
+            let at = shared.start + Duration::from_secs_f64(seq as f64 / shared.rate);
+            tokio::time::sleep_until(at.into()).await;
+        }
+        if shared.deadline.is_some_and(|d| Instant::now() >= d) {
+            break;
+        }
+        let t = Instant::now();
+        match w.op(seq).await {
+            Ok(()) => {
+                shared.recorder.record(i, t.elapsed());
+                shared.ok.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => shared.fail(e),
+        }
     }
 }
 

@@ -109,7 +109,15 @@ pub async fn put(a: PutArgs) -> Result<(), String> {
         })
         .collect();
     let rec = Arc::new(Recorder::new());
-    let out = drive("put", workers, a.common.stop(), a.common.rate, rec.clone()).await;
+    let out = drive(
+        "put",
+        workers,
+        chans.len(),
+        a.common.stop(),
+        a.common.rate,
+        rec.clone(),
+    )
+    .await;
     let mut p = a.common.params();
     a.keys.params(&mut p);
     let report = finish("put", p, &out, &rec, Map::new());
@@ -153,6 +161,7 @@ pub async fn txn_put(a: TxnPutArgs) -> Result<(), String> {
     let out = drive(
         "txn-put",
         workers,
+        chans.len(),
         a.common.stop(),
         a.common.rate,
         rec.clone(),
@@ -200,7 +209,7 @@ async fn load(chans: &[Conn], keys: &KeyArgs, n: u64) -> Result<(), String> {
         .collect();
     let batches = n.div_ceil(LOAD_BATCH);
     let rec = Arc::new(Recorder::new());
-    let out = drive("load", workers, Stop::Total(batches), 0.0, rec).await;
+    let out = drive("load", workers, chans.len(), Stop::Total(batches), 0.0, rec).await;
     if out.errors > 0 {
         return Err(format!(
             "loading {n} keys: {} of {batches} batches failed: {:?}",
@@ -266,6 +275,7 @@ pub async fn range(mut a: RangeArgs) -> Result<(), String> {
     let out = drive(
         "range",
         workers,
+        chans.len(),
         a.common.stop(),
         a.common.rate,
         rec.clone(),

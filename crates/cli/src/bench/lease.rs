@@ -109,6 +109,7 @@ pub async fn keepalive(a: KeepaliveArgs) -> Result<(), String> {
     let out = drive(
         "keepalive",
         workers,
+        chans.len(),
         a.common.stop(),
         a.common.rate,
         rec.clone(),

@@ -125,6 +125,7 @@ pub async fn register(a: RegisterArgs) -> Result<(), String> {
     let out = drive(
         "register",
         workers,
+        regs.len(),
         a.common.stop(),
         a.common.rate,
         rec.clone(),
@@ -258,6 +259,7 @@ pub async fn discover(a: DiscoverArgs) -> Result<(), String> {
     let out = drive(
         "discover",
         workers,
+        regs.len(),
         a.common.stop(),
         a.common.rate,
         rec.clone(),

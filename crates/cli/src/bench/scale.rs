@@ -228,7 +228,15 @@ pub async fn hold_watchers(a: HoldWatchersArgs) -> Result<(), String> {
         })
         .collect();
     let rest = a.watchers.saturating_sub(streams) as u64;
-    let out = drive("create", workers, Stop::Total(rest), 0.0, rec.clone()).await;
+    let out = drive(
+        "create",
+        workers,
+        chans.len(),
+        Stop::Total(rest),
+        0.0,
+        rec.clone(),
+    )
+    .await;
     let created = out.count + streams as u64;
     let creation = start.elapsed();
 
@@ -527,6 +535,7 @@ pub async fn hold_leases(a: HoldLeasesArgs) -> Result<(), String> {
     let grants = drive(
         "grant",
         granters,
+        chans.len(),
         Stop::Total(a.leases as u64),
         0.0,
         grant_rec.clone(),
@@ -612,7 +621,15 @@ pub async fn hold_leases(a: HoldLeasesArgs) -> Result<(), String> {
             })
             .collect();
         let total = Stop::Total(ids.len() as u64);
-        let out = drive("revoke", revokers, total, 0.0, Arc::new(Recorder::new())).await;
+        let out = drive(
+            "revoke",
+            revokers,
+            chans.len(),
+            total,
+            0.0,
+            Arc::new(Recorder::new()),
+        )
+        .await;
         extra = fields(json!({
             "revoked": out.count,
             "revoke_errors": out.errors,

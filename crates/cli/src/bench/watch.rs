@@ -199,6 +199,7 @@ async fn create(
     let out = drive(
         "create",
         workers,
+        chans.len(),
         super::driver::Stop::Total(timed),
         a.common.rate,
         rec.clone(),
@@ -310,6 +311,7 @@ async fn deliver(
     let out = drive(
         "puts",
         putters,
+        chans.len(),
         a.common.stop(),
         a.common.rate,
         put_rec.clone(),
