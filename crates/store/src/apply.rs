@@ -12,7 +12,6 @@
 //! the state before the txn; then the ops on that path are checked; then they
 //! run in order, each seeing the changes of the ops before it.
 
-use redb::ReadOnlyTable;
 use roster_proto::etcdserverpb::{
     range_request::SortOrder, range_request::SortTarget, request_op, response_op,
     CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse,
@@ -22,7 +21,7 @@ use roster_proto::etcdserverpb::{
 };
 use roster_proto::mvccpb::{event::EventType, Event, KeyValue};
 
-use crate::backend::{encode, Records};
+use crate::backend::{encode, LazyKv, Records};
 use crate::error::StoreError;
 use crate::index::{KeyIndex, KeyRange, Revision, Version};
 use crate::lease::{Lease, LeaseTable};
@@ -33,7 +32,7 @@ use crate::read::View;
 pub struct WriteTxn<'a> {
     index: &'a mut KeyIndex,
     /// New records and lease rows; older records are read through it.
-    table: PendingWriter<'a, ReadOnlyTable<u128, &'static [u8]>>,
+    table: PendingWriter<'a, LazyKv<'a>>,
     leases: &'a mut LeaseTable,
     begin_rev: i64,
     compact_rev: i64,
@@ -52,7 +51,7 @@ impl<'a> WriteTxn<'a> {
     /// Starts a write transaction on top of revision `begin_rev`.
     pub fn new(
         index: &'a mut KeyIndex,
-        table: PendingWriter<'a, ReadOnlyTable<u128, &'static [u8]>>,
+        table: PendingWriter<'a, LazyKv<'a>>,
         leases: &'a mut LeaseTable,
         begin_rev: i64,
         compact_rev: i64,

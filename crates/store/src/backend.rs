@@ -9,8 +9,10 @@
 //!
 //! The key index is not stored: it is rebuilt by scanning `kv` on open.
 
+use std::cell::OnceCell;
+
 use prost::Message;
-use redb::{ReadableTable, TableDefinition};
+use redb::{Database, ReadOnlyTable, ReadableDatabase, ReadableTable, TableDefinition};
 use roster_proto::mvccpb::KeyValue;
 
 use crate::error::StoreError;
@@ -61,5 +63,40 @@ impl<T: ReadableTable<u128, &'static [u8]>> Records for T {
             .get(rev.to_u128())?
             .ok_or_else(|| StoreError::Storage(format!("missing record at {rev:?}")))?;
         Ok(decode(guard.value())?.0)
+    }
+}
+
+/// The `kv` table of a read transaction begun only when a record is first
+/// asked for. Applying a batch of plain puts reads nothing from redb, and
+/// beginning a read transaction and opening the table cost about 4 µs,
+/// which a lone client pays on every write. The caller must keep redb from
+/// changing meanwhile (the store's `writing` lock), so the transaction sees
+/// what one begun earlier would have.
+pub struct LazyKv<'a> {
+    db: &'a Database,
+    table: OnceCell<ReadOnlyTable<u128, &'static [u8]>>,
+}
+
+impl<'a> LazyKv<'a> {
+    /// Reads from `db`, once asked to.
+    pub fn new(db: &'a Database) -> Self {
+        LazyKv {
+            db,
+            table: OnceCell::new(),
+        }
+    }
+
+    fn table(&self) -> Result<&ReadOnlyTable<u128, &'static [u8]>, StoreError> {
+        if let Some(t) = self.table.get() {
+            return Ok(t);
+        }
+        let t = self.db.begin_read()?.open_table(KV)?;
+        Ok(self.table.get_or_init(|| t))
+    }
+}
+
+impl Records for LazyKv<'_> {
+    fn record(&self, rev: Revision) -> Result<KeyValue, StoreError> {
+        self.table()?.record(rev)
     }
 }

@@ -16,7 +16,6 @@
 use std::collections::BTreeMap;
 use std::ops::Range;
 
-use redb::ReadableTable;
 use roster_proto::mvccpb::KeyValue;
 
 use crate::backend::{decode, Records};
@@ -93,7 +92,7 @@ pub struct Layered<'a, T> {
     pub stored: &'a T,
 }
 
-impl<T: ReadableTable<u128, &'static [u8]>> Records for Layered<'_, T> {
+impl<T: Records> Records for Layered<'_, T> {
     fn record(&self, rev: Revision) -> Result<KeyValue, StoreError> {
         match self.pending.record(rev) {
             Some(bytes) => Ok(decode(bytes)?.0),
@@ -125,7 +124,7 @@ impl<T> PendingWriter<'_, T> {
     }
 }
 
-impl<T: ReadableTable<u128, &'static [u8]>> Records for PendingWriter<'_, T> {
+impl<T: Records> Records for PendingWriter<'_, T> {
     fn record(&self, rev: Revision) -> Result<KeyValue, StoreError> {
         Layered {
             pending: self.pending,

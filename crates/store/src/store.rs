@@ -34,7 +34,9 @@ use roster_proto::mvccpb::{event::EventType, Event, KeyValue};
 use roster_proto::roster::{command::Kind, Command};
 
 use crate::apply::{read_txn, WriteTxn};
-use crate::backend::{decode, KV, META, META_APPLIED_INDEX, META_COMPACT_REV, META_CURRENT_REV};
+use crate::backend::{
+    decode, LazyKv, KV, META, META_APPLIED_INDEX, META_COMPACT_REV, META_CURRENT_REV,
+};
 use crate::error::StoreError;
 use crate::index::{KeyIndex, KeyRange, Revision, Version};
 use crate::lease::{Lease, LeaseTable, LEASES};
@@ -294,8 +296,7 @@ impl Store {
         let _writing = self.writing.lock();
         // Older records a command reads (a previous value, a txn's range)
         // come from here when they are no longer pending.
-        let read = self.db.begin_read()?;
-        let stored = read.open_table(KV)?;
+        let stored = LazyKv::new(&self.db);
         let mut out = Vec::with_capacity(commands.len());
         let (rev, compact) = {
             let mut st = self.state.write();
@@ -340,7 +341,6 @@ impl Store {
             (st.applied_rev, st.pending_compact_rev)
         };
         drop(stored);
-        drop(read);
         if durable {
             self.write_out()?;
         }
