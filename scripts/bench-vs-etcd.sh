@@ -43,10 +43,12 @@ while (($#)); do
   shift
 done
 
+# put->event is measured at watch_rate puts a second.
+watch_rate=100
 if ((quick)); then
-  dur=2s; keys=10000; watch_puts=100; lat_dur=3s
+  dur=2s; keys=10000; watch_puts=100; lat_dur=3s; paced_syncs=100
 else
-  dur=10s; keys=100000; watch_puts=1000; lat_dur=10s
+  dur=10s; keys=100000; watch_puts=1000; lat_dur=10s; paced_syncs=500
 fi
 
 missing=()
@@ -187,7 +189,7 @@ ops_life() {
   run "$round" "$server" watch-1000 watch --endpoints "$ep" --conns 10 --streams 100 \
     --watchers 1000 --clients 10 --total "$watch_puts"
   run "$round" "$server" watch-latency watch --endpoints "$ep" --conns 10 --streams 10 \
-    --watchers 100 --clients 10 --rate 100 --duration "$lat_dur"
+    --watchers 100 --clients 10 --rate "$watch_rate" --duration "$lat_dur"
   run "$round" "$server" register register --endpoints "$ep" --conns 10 --clients 10 \
     --duration "$dur"
   run "$round" "$server" discover discover --endpoints "$ep" --conns 10 --clients 1 \
@@ -219,8 +221,13 @@ ceilings() {
     --duration "$dur"
   run "$1" ceiling noop-1000 noop --endpoints "127.0.0.1:$noop_port" --conns 100 --clients 1000 \
     --duration "$dur"
+  # At the put->event row's pace: the floor under that row is one call
+  # there and back plus one sync, each paying for an idle machine.
+  run "$1" ceiling noop-paced noop --endpoints "127.0.0.1:$noop_port" --conns 1 --clients 1 \
+    --rate "$watch_rate" --duration "$lat_dur"
   stop
   run "$1" ceiling fsync fsync --dir "$work" --total 1000
+  run "$1" ceiling fsync-paced fsync --dir "$work" --total "$paced_syncs" --rate "$watch_rate"
 }
 
 ceilings 0
@@ -319,6 +326,14 @@ for f in fs:
     lm = f["latency_ms"]
     print(f"- fsync (fdatasync) of a 256-byte append: p50 {lm['p50']:.2f} ms, "
           f"p99 {lm['p99']:.2f} ms ({f['rps']:,.0f} syncs/s from one writer)")
+paced = [(r["report"], s["report"]) for r, s in zip(
+    [r for r in rows if r["row"] == "noop-paced"], [r for r in rows if r["row"] == "fsync-paced"])]
+for call, sync in paced:
+    c, s = call["latency_ms"], sync["latency_ms"]
+    print(f"- at {sync['params']['rate']:.0f} a second (the put->event row's pace): a no-op call "
+          f"p50 {c['p50']:.2f} / p99 {c['p99']:.2f} ms, one sync p50 {s['p50']:.2f} / "
+          f"p99 {s['p99']:.2f} ms; together p50 {c['p50'] + s['p50']:.2f} ms, the floor under "
+          f"a durable put and its event")
 print()
 print("Server CPU per operation (user + system CPU of the server process during")
 print("the run, divided by the operations it completed; lower is better), and")

@@ -179,6 +179,18 @@ fn ceilings_run_without_a_registry() {
         "20",
     ]);
     check(&r, "fsync", 20);
+    // Paced: 10 appends at 100 a second cannot take less than 90 ms.
+    let r = bench(&[
+        "fsync",
+        "--dir",
+        dir.path().to_str().unwrap(),
+        "--total",
+        "10",
+        "--rate",
+        "100",
+    ]);
+    check(&r, "fsync", 10);
+    assert!(r["duration_s"].as_f64().unwrap() >= 0.09, "{r}");
     assert_eq!(
         std::fs::read_dir(dir.path()).unwrap().count(),
         0,

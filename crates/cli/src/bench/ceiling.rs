@@ -11,7 +11,10 @@
 //! `fdatasync`s it, `--total` times: the latency of one durable write, the
 //! floor under any write acknowledged only once it is on disk. The file
 //! grows with each append, so each sync also commits its new size, as a
-//! log's appends do.
+//! log's appends do. With `--rate`, appends are paced instead of back to
+//! back: on a virtual machine a sync that finds the machine idle takes
+//! longer (the vCPU halts while the disk works, and waking it costs), and a
+//! registry at a low write rate pays that price on every write.
 //!
 //! `ready` waits for an endpoint to answer a linearizable Range (what
 //! `etcdctl endpoint health` asks) and prints how long that took; a script
@@ -79,6 +82,9 @@ pub struct FsyncArgs {
     /// Bytes per append.
     #[arg(long, default_value_t = 256)]
     val_size: usize,
+    /// Appends per second (0: back to back).
+    #[arg(long, default_value_t = 0.0)]
+    rate: f64,
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
@@ -235,6 +241,10 @@ pub fn fsync(a: FsyncArgs) -> Result<(), String> {
     let start = Instant::now();
     let mut failed = None;
     for i in 0..a.total {
+        if a.rate > 0.0 {
+            let at = start + Duration::from_secs_f64(i as f64 / a.rate);
+            std::thread::sleep(at.saturating_duration_since(Instant::now()));
+        }
         let t = Instant::now();
         if let Err(e) = f.write_all(&buf).and_then(|()| f.sync_data()) {
             failed = Some(e.to_string());
@@ -254,6 +264,7 @@ pub fn fsync(a: FsyncArgs) -> Result<(), String> {
     p.insert("dir".into(), json!(a.dir.display().to_string()));
     p.insert("total".into(), json!(a.total));
     p.insert("val_size".into(), json!(a.val_size));
+    p.insert("rate".into(), json!(a.rate));
     let report = Report {
         scenario: "fsync".into(),
         params: p,
