@@ -10,7 +10,6 @@ use std::future::Future;
 use std::sync::Arc;
 
 use roster_proto::etcdserverpb::cluster_server::ClusterServer;
-use roster_proto::etcdserverpb::kv_server::KvServer;
 use roster_proto::etcdserverpb::lease_server::LeaseServer;
 use roster_proto::etcdserverpb::maintenance_server::MaintenanceServer;
 use roster_proto::v3electionpb::election_server::ElectionServer;
@@ -24,8 +23,8 @@ use crate::coalesce::Coalesce;
 use crate::config::GRPC_OVERHEAD_BYTES;
 use crate::node::Node;
 use crate::service::{
-    cluster::ClusterService, election::ElectionService, kv::KvService, lease::LeaseService,
-    lock::LockService, maintenance::MaintenanceService,
+    cluster::ClusterService, election::ElectionService, kv::KvServer, kv::KvService,
+    lease::LeaseService, lock::LockService, maintenance::MaintenanceService,
 };
 use crate::watch::server::WatchServer;
 use crate::watch::stream::WatchService;
@@ -62,9 +61,7 @@ pub async fn serve(
     let mut servers = tokio::task::JoinSet::new();
     for listener in listeners {
         let router = Server::builder()
-            .add_service(
-                KvServer::new(KvService::new(node.clone())).max_decoding_message_size(limit),
-            )
+            .add_service(KvServer::new(KvService::new(node.clone()), limit))
             .add_service(
                 MaintenanceServer::new(MaintenanceService::new(node.clone()))
                     .max_decoding_message_size(limit),

@@ -4,7 +4,10 @@
 //! store's published state without entering the log; on a single node that
 //! state is always current, so linearizable and serializable reads agree.
 
+use std::convert::Infallible;
+use std::future::Future;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use roster_proto::etcdserverpb::kv_server::Kv;
 use roster_proto::etcdserverpb::{
@@ -13,11 +16,15 @@ use roster_proto::etcdserverpb::{
 };
 use roster_store::apply::is_read_only;
 use roster_store::{CommandKind, CommandResponse};
-use tonic::Request;
+use tonic::body::Body;
+use tonic::codegen::{http, BoxFuture, Service};
+use tonic::server::NamedService;
+use tonic::{Request, Status};
 
 use super::{reply, Reply};
 use crate::error::ServerError;
 use crate::node::Node;
+use crate::unary;
 use crate::validate;
 
 /// The KV service.
@@ -118,5 +125,88 @@ impl Kv for KvService {
             }
             .await,
         )
+    }
+}
+
+/// The KV service's gRPC endpoint, written out by hand (see
+/// [`crate::unary`]): what tonic's generated `KvServer` would be, without
+/// its streaming codec.
+#[derive(Clone)]
+pub struct KvServer {
+    service: Arc<KvService>,
+    /// Longest request message accepted.
+    limit: usize,
+}
+
+impl KvServer {
+    /// Serves `service`, refusing request messages over `limit` bytes.
+    pub fn new(service: KvService, limit: usize) -> Self {
+        KvServer {
+            service: Arc::new(service),
+            limit,
+        }
+    }
+}
+
+impl NamedService for KvServer {
+    const NAME: &'static str = "etcdserverpb.KV";
+}
+
+/// Decodes a call's request, runs the handler on it and encodes its reply.
+async fn call<Q, R, F, Fut>(body: Body, limit: usize, handler: F) -> http::Response<Body>
+where
+    Q: prost::Message + Default,
+    R: prost::Message,
+    F: FnOnce(Q) -> Fut,
+    Fut: Future<Output = Reply<R>>,
+{
+    let reply = match unary::read(body, limit).await {
+        Ok(req) => handler(req).await,
+        Err(status) => Err(status),
+    };
+    match reply {
+        Ok(resp) => unary::respond(resp.get_ref()),
+        Err(status) => status.into_http(),
+    }
+}
+
+/// The service's methods.
+enum Method {
+    Range,
+    Put,
+    DeleteRange,
+    Txn,
+    Compact,
+}
+
+impl Service<http::Request<Body>> for KvServer {
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<Body>) -> Self::Future {
+        let method = match req.uri().path() {
+            "/etcdserverpb.KV/Range" => Method::Range,
+            "/etcdserverpb.KV/Put" => Method::Put,
+            "/etcdserverpb.KV/DeleteRange" => Method::DeleteRange,
+            "/etcdserverpb.KV/Txn" => Method::Txn,
+            "/etcdserverpb.KV/Compact" => Method::Compact,
+            _ => return Box::pin(async { Ok(Status::unimplemented("").into_http()) }),
+        };
+        let (s, limit) = (self.service.clone(), self.limit);
+        let body = req.into_body();
+        Box::pin(async move {
+            Ok(match method {
+                Method::Range => call(body, limit, |r| s.range(Request::new(r))).await,
+                Method::Put => call(body, limit, |r| s.put(Request::new(r))).await,
+                Method::DeleteRange => call(body, limit, |r| s.delete_range(Request::new(r))).await,
+                Method::Txn => call(body, limit, |r| s.txn(Request::new(r))).await,
+                Method::Compact => call(body, limit, |r| s.compact(Request::new(r))).await,
+            })
+        })
     }
 }
