@@ -30,7 +30,7 @@ use std::io;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll, Waker};
 
-use bytes::Bytes;
+use bytes::{BufMut, Bytes, BytesMut};
 use h2::client::SendRequest;
 use h2::{RecvStream, SendStream};
 use http::uri::{PathAndQuery, Uri};
@@ -85,6 +85,112 @@ impl Conn {
         });
         Ok(Conn { send, origin })
     }
+}
+
+impl Conn {
+    /// Opens a bidirectional streaming call of `path` whose messages the
+    /// caller encodes and decodes itself (see [`RawStream`]). The response
+    /// headers are not awaited: grpc-go sends them with the first answer.
+    pub fn open_raw(&self, path: &'static str) -> Result<RawStream, String> {
+        let mut parts = self.origin.clone().into_parts();
+        parts.path_and_query = Some(PathAndQuery::from_static(path));
+        let uri = Uri::from_parts(parts).map_err(|e| e.to_string())?;
+        let req = http::Request::post(uri)
+            .header(http::header::CONTENT_TYPE, "application/grpc")
+            .header(http::header::TE, "trailers")
+            .body(())
+            .map_err(|e| e.to_string())?;
+        let (response, send) = self
+            .send
+            .clone()
+            .send_request(req, false)
+            .map_err(|e| format!("opening {path}: {e}"))?;
+        Ok(RawStream {
+            send,
+            response: Some(response),
+            recv: None,
+            buf: BytesMut::new(),
+        })
+    }
+}
+
+/// A streaming call driven straight on h2 by the client's own task.
+///
+/// Through tonic, a streaming request's messages go to a task of their own
+/// (`pump`), woken once per message, which wakes the connection's task
+/// once per message too: the keepalives of the clients of one connection
+/// left in one write each. Sent from here, they are queued on the
+/// connection while the clients' task runs, and leave together.
+pub struct RawStream {
+    send: SendStream<Bytes>,
+    response: Option<h2::client::ResponseFuture>,
+    recv: Option<RecvStream>,
+    /// Received bytes not yet decoded.
+    buf: BytesMut,
+}
+
+impl RawStream {
+    /// Queues one message.
+    pub fn send<M: prost::Message>(&mut self, msg: &M) -> Result<(), String> {
+        let len = msg.encoded_len();
+        let mut b = BytesMut::with_capacity(5 + len);
+        b.put_u8(0);
+        b.put_u32(len as u32);
+        msg.encode(&mut b).map_err(|e| e.to_string())?;
+        self.send
+            .send_data(b.freeze(), false)
+            .map_err(|e| format!("sending: {e}"))
+    }
+
+    /// The next message, or the call's status if the stream ended.
+    pub async fn recv<M: prost::Message + Default>(&mut self) -> Result<M, String> {
+        if let Some(response) = self.response.take() {
+            let response = response.await.map_err(|e| format!("response: {e}"))?;
+            if let Some(status) = grpc_status(response.headers()) {
+                return Err(status);
+            }
+            self.recv = Some(response.into_body());
+        }
+        let recv = self.recv.as_mut().ok_or("stream ended")?;
+        loop {
+            if self.buf.len() >= 5 {
+                let len = u32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]]);
+                let end = 5 + len as usize;
+                if self.buf.len() >= end {
+                    let msg = self.buf.split_to(end);
+                    return M::decode(&msg[5..]).map_err(|e| format!("decoding: {e}"));
+                }
+            }
+            match std::future::poll_fn(|cx| recv.poll_data(cx)).await {
+                Some(Ok(data)) => {
+                    let _ = recv.flow_control().release_capacity(data.len());
+                    self.buf.extend_from_slice(&data);
+                }
+                Some(Err(e)) => return Err(format!("receiving: {e}")),
+                None => {
+                    let trailers = std::future::poll_fn(|cx| recv.poll_trailers(cx))
+                        .await
+                        .map_err(|e| format!("trailers: {e}"))?;
+                    let status = trailers.as_ref().and_then(grpc_status);
+                    return Err(status.unwrap_or_else(|| "stream ended".into()));
+                }
+            }
+        }
+    }
+}
+
+/// A failed call's status from its headers or trailers, as text; `None`
+/// when they carry none or an OK one.
+fn grpc_status(h: &http::HeaderMap) -> Option<String> {
+    let code = h.get("grpc-status")?.to_str().unwrap_or("?");
+    if code == "0" {
+        return None;
+    }
+    let msg = h
+        .get("grpc-message")
+        .and_then(|m| m.to_str().ok())
+        .unwrap_or("");
+    Some(format!("grpc-status {code}: {msg}"))
 }
 
 impl Service<http::Request<Body>> for Conn {

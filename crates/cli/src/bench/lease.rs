@@ -12,16 +12,13 @@
 
 use std::sync::Arc;
 
-use super::conn::Conn;
+use super::conn::{Conn, RawStream};
 use clap::Args;
 use roster_proto::etcdserverpb::lease_client::LeaseClient;
 use roster_proto::etcdserverpb::{
     LeaseGrantRequest, LeaseKeepAliveRequest, LeaseKeepAliveResponse, LeaseRevokeRequest,
 };
 use serde_json::{json, Map};
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
-use tonic::Streaming;
 
 use super::driver::{drive, status_text, Worker};
 use super::report::Recorder;
@@ -39,58 +36,40 @@ pub struct KeepaliveArgs {
 
 struct KeepaliveWorker {
     id: i64,
-    tx: mpsc::Sender<LeaseKeepAliveRequest>,
-    rx: Streaming<LeaseKeepAliveResponse>,
+    stream: RawStream,
 }
 
-/// Answer of one keepalive on an open stream.
-async fn round_trip(
-    tx: &mpsc::Sender<LeaseKeepAliveRequest>,
-    rx: &mut Streaming<LeaseKeepAliveResponse>,
-    id: i64,
-) -> Result<(), String> {
-    tx.send(LeaseKeepAliveRequest { id })
-        .await
-        .map_err(|_| "keepalive stream closed".to_string())?;
-    expect_alive(rx).await
-}
-
-/// Reads one keepalive answer and checks that the lease is still known.
-async fn expect_alive(rx: &mut Streaming<LeaseKeepAliveResponse>) -> Result<(), String> {
-    match rx.message().await {
-        Ok(Some(r)) if r.ttl > 0 => Ok(()),
-        Ok(Some(_)) => Err("lease not found (keepalive answered TTL 0)".into()),
-        Ok(None) => Err("keepalive stream ended".into()),
-        Err(s) => Err(status_text(s)),
+impl KeepaliveWorker {
+    /// Sends one keepalive and checks its answer: the lease must still be
+    /// known.
+    async fn round_trip(&mut self) -> Result<(), String> {
+        self.stream.send(&LeaseKeepAliveRequest { id: self.id })?;
+        match self.stream.recv::<LeaseKeepAliveResponse>().await? {
+            r if r.ttl > 0 => Ok(()),
+            _ => Err("lease not found (keepalive answered TTL 0)".into()),
+        }
     }
 }
 
 impl Worker for KeepaliveWorker {
     async fn op(&mut self, _seq: u64) -> Result<(), String> {
-        round_trip(&self.tx, &mut self.rx, self.id).await
+        self.round_trip().await
     }
 }
 
-/// Grants a lease and opens its keepalive stream.
+/// Grants a lease and opens its keepalive stream, driven by the client
+/// itself (see [`RawStream`]).
 async fn open(ch: Conn, ttl: i64) -> Result<KeepaliveWorker, String> {
-    let mut lease = LeaseClient::new(ch);
-    let id = lease
+    let id = LeaseClient::new(ch.clone())
         .lease_grant(LeaseGrantRequest { ttl, id: 0 })
         .await
         .map_err(status_text)?
         .into_inner()
         .id;
-    let (tx, reqs) = mpsc::channel(1);
-    tx.send(LeaseKeepAliveRequest { id })
-        .await
-        .map_err(|_| "keepalive channel closed".to_string())?;
-    let mut rx = lease
-        .lease_keep_alive(ReceiverStream::new(reqs))
-        .await
-        .map_err(status_text)?
-        .into_inner();
-    expect_alive(&mut rx).await?;
-    Ok(KeepaliveWorker { id, tx, rx })
+    let stream = ch.open_raw("/etcdserverpb.Lease/LeaseKeepAlive")?;
+    let mut w = KeepaliveWorker { id, stream };
+    w.round_trip().await?;
+    Ok(w)
 }
 
 /// `roster bench lease-keepalive`.
@@ -98,12 +77,17 @@ pub async fn keepalive(a: KeepaliveArgs) -> Result<(), String> {
     let chans = a.common.channels().await?;
     let mut opening = tokio::task::JoinSet::new();
     for i in 0..a.common.clients {
-        opening.spawn(open(chans[i % chans.len()].clone(), a.ttl));
+        let ch = chans[i % chans.len()].clone();
+        opening.spawn(async move { (i, open(ch, a.ttl).await) });
     }
-    let mut workers = Vec::with_capacity(a.common.clients);
+    // In client order, so that the driver groups each connection's clients.
+    let mut opened = Vec::with_capacity(a.common.clients);
     while let Some(w) = opening.join_next().await {
-        workers.push(w.map_err(|e| e.to_string())??);
+        let (i, w) = w.map_err(|e| e.to_string())?;
+        opened.push((i, w?));
     }
+    opened.sort_by_key(|(i, _)| *i);
+    let workers: Vec<KeepaliveWorker> = opened.into_iter().map(|(_, w)| w).collect();
     let ids: Vec<i64> = workers.iter().map(|w| w.id).collect();
     let rec = Arc::new(Recorder::new());
     let out = drive(
