@@ -133,27 +133,32 @@ impl<'a> WriteTxn<'a> {
     /// Applies a Put whose checks have passed. It cannot be refused any
     /// more: only a storage failure stops it.
     fn put_checked(&mut self, p: &PutRequest) -> Result<PutResponse, StoreError> {
-        let prev = self.index.get(&p.key, self.rev()).copied();
-        let prev_kv = match prev {
-            Some(v) if p.prev_kv || p.ignore_value => Some(self.table.record(v.rev)?),
-            _ => None,
+        let at = self.rev();
+        // The previous value is read only when asked for; reading can fail,
+        // so it is read before the index changes.
+        let prev_kv = match (p.prev_kv || p.ignore_value)
+            .then(|| self.index.get(&p.key, at).copied())
+            .flatten()
+        {
+            Some(v) => Some(self.table.record(v.rev)?),
+            None => None,
         };
+        let rev = self.next_rev();
+        let (prev, version) = self.index.push_next(&p.key, at, |prev| Version {
+            rev,
+            create: prev.map_or(rev.main, |v| v.create),
+            version: prev.map_or(1, |v| v.version + 1),
+            lease: match prev {
+                Some(v) if p.ignore_lease => v.lease,
+                _ => p.lease,
+            },
+            tombstone: false,
+        });
         let value = match (&prev_kv, p.ignore_value) {
             (Some(kv), true) => kv.value.clone(),
             _ => p.value.clone(),
         };
-        let lease = match prev {
-            Some(v) if p.ignore_lease => v.lease,
-            _ => p.lease,
-        };
-        let rev = self.next_rev();
-        let version = Version {
-            rev,
-            create: prev.map_or(rev.main, |v| v.create),
-            version: prev.map_or(1, |v| v.version + 1),
-            lease,
-            tombstone: false,
-        };
+        let lease = version.lease;
         let kv = KeyValue {
             key: p.key.clone(),
             create_revision: version.create,
@@ -163,7 +168,6 @@ impl<'a> WriteTxn<'a> {
             lease,
         };
         self.table.insert_record(rev, encode(&kv, false));
-        self.index.push(&p.key, version);
         self.leases
             .reattach(&p.key, prev.map_or(0, |v| v.lease), lease);
         self.events.push(Event {

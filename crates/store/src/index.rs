@@ -135,6 +135,29 @@ impl KeyIndex {
     }
 
     /// Appends a version; revisions must arrive in increasing order per key.
+    /// Appends the version `make` builds from the one live at `at` (none
+    /// when the key is absent or deleted there), finding the key once, and
+    /// returns that live version and the new one. A put of a key that
+    /// exists costs one descent of the tree instead of a lookup and then a
+    /// second one.
+    pub fn push_next(
+        &mut self,
+        key: &[u8],
+        at: i64,
+        make: impl FnOnce(Option<&Version>) -> Version,
+    ) -> (Option<Version>, Version) {
+        if let Some(vs) = self.keys.get_mut(key) {
+            let prev = visible(vs, at).copied();
+            let v = make(prev.as_ref());
+            vs.push(v);
+            return (prev, v);
+        }
+        let v = make(None);
+        self.keys.insert(key.to_vec(), vec![v]);
+        (None, v)
+    }
+
+    /// Appends `v` to `key`'s versions.
     pub fn push(&mut self, key: &[u8], v: Version) {
         match self.keys.get_mut(key) {
             Some(vs) => vs.push(v),
