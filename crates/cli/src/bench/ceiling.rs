@@ -44,7 +44,7 @@ use tokio_stream::Stream;
 use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status};
 
-use super::driver::{drive, progress, status_text, Worker};
+use super::driver::{progress, status_text, Worker};
 use super::report::{Recorder, Report};
 use super::{emit, finish, Common};
 use crate::serve::parse_duration;
@@ -207,15 +207,10 @@ pub async fn noop(mut a: NoopArgs) -> Result<(), String> {
         .map(|i| StatusWorker(MaintenanceClient::new(chans[i % chans.len()].clone())))
         .collect();
     let rec = Arc::new(Recorder::new());
-    let out = drive(
-        "noop",
-        workers,
-        chans.len(),
-        a.common.stop(),
-        a.common.rate,
-        rec.clone(),
-    )
-    .await;
+    let out = a
+        .common
+        .drive("noop", workers, chans.len(), rec.clone())
+        .await;
     if let Some(s) = server {
         s.abort();
     }

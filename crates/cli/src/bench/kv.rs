@@ -109,15 +109,10 @@ pub async fn put(a: PutArgs) -> Result<(), String> {
         })
         .collect();
     let rec = Arc::new(Recorder::new());
-    let out = drive(
-        "put",
-        workers,
-        chans.len(),
-        a.common.stop(),
-        a.common.rate,
-        rec.clone(),
-    )
-    .await;
+    let out = a
+        .common
+        .drive("put", workers, chans.len(), rec.clone())
+        .await;
     let mut p = a.common.params();
     a.keys.params(&mut p);
     let report = finish("put", p, &out, &rec, Map::new());
@@ -158,15 +153,10 @@ pub async fn txn_put(a: TxnPutArgs) -> Result<(), String> {
         })
         .collect();
     let rec = Arc::new(Recorder::new());
-    let out = drive(
-        "txn-put",
-        workers,
-        chans.len(),
-        a.common.stop(),
-        a.common.rate,
-        rec.clone(),
-    )
-    .await;
+    let out = a
+        .common
+        .drive("txn-put", workers, chans.len(), rec.clone())
+        .await;
     let mut p = a.common.params();
     a.keys.params(&mut p);
     p.insert("txn_ops".into(), json!(a.txn_ops));
@@ -272,15 +262,10 @@ pub async fn range(mut a: RangeArgs) -> Result<(), String> {
         })
         .collect();
     let rec = Arc::new(Recorder::new());
-    let out = drive(
-        "range",
-        workers,
-        chans.len(),
-        a.common.stop(),
-        a.common.rate,
-        rec.clone(),
-    )
-    .await;
+    let out = a
+        .common
+        .drive("range", workers, chans.len(), rec.clone())
+        .await;
     let mut p = a.common.params();
     a.keys.params(&mut p);
     p.insert("consistency".into(), json!(a.consistency));

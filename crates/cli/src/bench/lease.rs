@@ -20,7 +20,7 @@ use roster_proto::etcdserverpb::{
 };
 use serde_json::{json, Map};
 
-use super::driver::{drive, status_text, Worker};
+use super::driver::{status_text, Worker};
 use super::report::Recorder;
 use super::{emit, finish, Common};
 
@@ -90,15 +90,10 @@ pub async fn keepalive(a: KeepaliveArgs) -> Result<(), String> {
     let workers: Vec<KeepaliveWorker> = opened.into_iter().map(|(_, w)| w).collect();
     let ids: Vec<i64> = workers.iter().map(|w| w.id).collect();
     let rec = Arc::new(Recorder::new());
-    let out = drive(
-        "keepalive",
-        workers,
-        chans.len(),
-        a.common.stop(),
-        a.common.rate,
-        rec.clone(),
-    )
-    .await;
+    let out = a
+        .common
+        .drive("keepalive", workers, chans.len(), rec.clone())
+        .await;
     // Leave the server as found, so the next scenario measures no leases
     // of this one.
     let mut revoking = tokio::task::JoinSet::new();

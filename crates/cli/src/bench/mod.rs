@@ -40,6 +40,7 @@ mod report;
 mod scale;
 mod watch;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
@@ -47,7 +48,7 @@ use serde_json::{json, Map, Value};
 
 use crate::serve::parse_duration;
 use conn::Conn;
-use report::Report;
+use report::{Recorder, Report};
 
 /// Flags of `roster bench`.
 #[derive(Args, Debug)]
@@ -121,6 +122,18 @@ impl Common {
             Some(d) => driver::Stop::After(d),
             None => driver::Stop::Total(self.total),
         }
+    }
+
+    /// Runs `workers` until the flags' stop, at their rate: [`driver::drive`]
+    /// for the measured part of a scenario.
+    pub async fn drive<W: driver::Worker>(
+        &self,
+        label: &str,
+        workers: Vec<W>,
+        groups: usize,
+        recorder: Arc<Recorder>,
+    ) -> driver::Outcome {
+        driver::drive(label, workers, groups, self.stop(), self.rate, recorder).await
     }
 
     /// The flags as report parameters.

@@ -27,7 +27,7 @@ use roster_client::{Change, Client, Registration, Registry};
 use serde_json::{json, Map};
 use tokio::sync::oneshot;
 
-use super::driver::{drive, Worker};
+use super::driver::Worker;
 use super::report::{Recorder, Report};
 use super::{emit, finish, Common};
 
@@ -122,15 +122,10 @@ pub async fn register(a: RegisterArgs) -> Result<(), String> {
         })
         .collect();
     let rec = Arc::new(Recorder::new());
-    let out = drive(
-        "register",
-        workers,
-        regs.len(),
-        a.common.stop(),
-        a.common.rate,
-        rec.clone(),
-    )
-    .await;
+    let out = a
+        .common
+        .drive("register", workers, regs.len(), rec.clone())
+        .await;
     let live = kept.lock().len();
     let took = deregister_all(&kept).await;
     let mut p = a.common.params();
@@ -256,15 +251,10 @@ pub async fn discover(a: DiscoverArgs) -> Result<(), String> {
         })
         .collect();
     let rec = Arc::new(Recorder::new());
-    let out = drive(
-        "discover",
-        workers,
-        regs.len(),
-        a.common.stop(),
-        a.common.rate,
-        rec.clone(),
-    )
-    .await;
+    let out = a
+        .common
+        .drive("discover", workers, regs.len(), rec.clone())
+        .await;
     for w in watchers {
         w.abort();
     }

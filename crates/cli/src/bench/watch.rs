@@ -308,15 +308,10 @@ async fn deliver(
         .collect();
     let put_rec = Arc::new(Recorder::new());
     let first_put = since(base);
-    let out = drive(
-        "puts",
-        putters,
-        chans.len(),
-        a.common.stop(),
-        a.common.rate,
-        put_rec.clone(),
-    )
-    .await;
+    let out = a
+        .common
+        .drive("puts", putters, chans.len(), put_rec.clone())
+        .await;
     let expected = out.count * watchers;
     let drain_until = Instant::now() + a.drain;
     while events.load(Ordering::Relaxed) < expected && Instant::now() < drain_until {
