@@ -134,12 +134,12 @@ impl KeyIndex {
         }
     }
 
-    /// Appends a version; revisions must arrive in increasing order per key.
     /// Appends the version `make` builds from the one live at `at` (none
     /// when the key is absent or deleted there), finding the key once, and
     /// returns that live version and the new one. A put of a key that
     /// exists costs one descent of the tree instead of a lookup and then a
-    /// second one.
+    /// second one. As with [`KeyIndex::push`], revisions must arrive in
+    /// increasing order per key.
     pub fn push_next(
         &mut self,
         key: &[u8],
@@ -157,7 +157,7 @@ impl KeyIndex {
         (None, v)
     }
 
-    /// Appends `v` to `key`'s versions.
+    /// Appends a version; revisions must arrive in increasing order per key.
     pub fn push(&mut self, key: &[u8], v: Version) {
         match self.keys.get_mut(key) {
             Some(vs) => vs.push(v),
