@@ -17,7 +17,8 @@
 //! So a call here goes straight to the `h2` crate: the request's headers
 //! and whatever of its body is ready (all of it, for a unary call) are
 //! queued together before the call returns, and only a body that is still
-//! streaming (a watch or keepalive stream) gets a task that sends the rest.
+//! streaming (a watch stream) gets a task that sends the rest; keepalive
+//! streams are sent from their clients' task instead ([`RawStream`]).
 //! A broken connection fails the calls, which the run counts.
 //!
 //! The requests queued on a connection since its last write leave in one
@@ -85,9 +86,7 @@ impl Conn {
         });
         Ok(Conn { send, origin })
     }
-}
 
-impl Conn {
     /// Opens a bidirectional streaming call of `path` whose messages the
     /// caller encodes and decodes itself (see [`RawStream`]). The response
     /// headers are not awaited: grpc-go sends them with the first answer.

@@ -163,15 +163,16 @@ pub async fn drive<W: Worker>(
             // `FuturesUnordered` wakes its own task after polling as many
             // futures as it holds, to be fair to other tasks: for a lone
             // client, a second task run and often a thread woken per call.
-            if let [(i, _)] = group[..] {
-                let (_, w) = group.into_iter().next().expect("one client");
-                return client(i, w, &shared).await;
+            match <[_; 1]>::try_from(group) {
+                Ok([(i, w)]) => client(i, w, &shared).await,
+                Err(group) => {
+                    let mut clients: FuturesUnordered<_> = group
+                        .into_iter()
+                        .map(|(i, w)| client(i, w, &shared))
+                        .collect();
+                    while clients.next().await.is_some() {}
+                }
             }
-            let mut clients: FuturesUnordered<_> = group
-                .into_iter()
-                .map(|(i, w)| client(i, w, &shared))
-                .collect();
-            while clients.next().await.is_some() {}
         });
     }
     // The bar is fed by a ticker, not by the workers, so that a thousand
