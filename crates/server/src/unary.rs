@@ -17,49 +17,65 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use http_body::Body as _;
-use prost::bytes::{Buf, BufMut, Bytes, BytesMut};
+use prost::bytes::{BufMut, Bytes, BytesMut};
 use prost::Message;
 use tonic::body::Body;
 use tonic::codegen::http::{self, header, HeaderMap, HeaderValue};
 use tonic::Status;
 
 /// Bytes before each message: a compression flag and a big-endian length.
-const PREFIX: usize = 5;
+pub const PREFIX: usize = 5;
+
+/// The compression flag and the message length of the length-prefixed
+/// message `buf` starts with, once its prefix is whole.
+pub fn prefix(buf: &[u8]) -> Option<(bool, usize)> {
+    let p: &[u8; PREFIX] = buf.get(..PREFIX)?.try_into().ok()?;
+    Some((
+        p[0] != 0,
+        u32::from_be_bytes([p[1], p[2], p[3], p[4]]) as usize,
+    ))
+}
+
+/// `msg` as one uncompressed length-prefixed message.
+pub fn encode<M: Message>(msg: &M) -> Bytes {
+    let len = msg.encoded_len();
+    let mut buf = BytesMut::with_capacity(PREFIX + len);
+    buf.put_u8(0);
+    buf.put_u32(len as u32);
+    msg.encode(&mut buf).expect("the buffer holds the message");
+    buf.freeze()
+}
 
 /// Reads the one message of a unary call's request body. `limit` bounds
 /// the message's length.
 pub async fn read<M: Message + Default>(mut body: Body, limit: usize) -> Result<M, Status> {
     let mut buf = BytesMut::new();
     let mut want = None;
-    loop {
-        if want.is_none() && buf.len() >= PREFIX {
-            if buf[0] != 0 {
-                return Err(Status::unimplemented(
-                    "grpc: compressed messages are not supported",
-                ));
+    let end = loop {
+        if want.is_none() {
+            if let Some((compressed, len)) = prefix(&buf) {
+                if compressed {
+                    return Err(Status::unimplemented(
+                        "grpc: compressed messages are not supported",
+                    ));
+                }
+                if len > limit {
+                    return Err(Status::resource_exhausted(format!(
+                        "grpc: received message larger than max ({len} vs. {limit})"
+                    )));
+                }
+                buf.reserve((PREFIX + len).saturating_sub(buf.len()));
+                want = Some(PREFIX + len);
             }
-            let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
-            if len > limit {
-                return Err(Status::resource_exhausted(format!(
-                    "grpc: received message larger than max ({len} vs. {limit})"
-                )));
-            }
-            buf.reserve((PREFIX + len).saturating_sub(buf.len()));
-            want = Some(PREFIX + len);
         }
-        if want.is_some_and(|w| buf.len() >= w) {
-            break;
+        if let Some(end) = want.filter(|&w| buf.len() >= w) {
+            break end;
         }
         let frame = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await;
         match frame {
             Some(Ok(frame)) => {
-                if let Ok(mut data) = frame.into_data() {
-                    while data.has_remaining() {
-                        let chunk = data.chunk();
-                        buf.put_slice(chunk);
-                        let n = chunk.len();
-                        data.advance(n);
-                    }
+                if let Ok(data) = frame.into_data() {
+                    buf.put(data);
                 }
             }
             Some(Err(status)) => return Err(status),
@@ -69,21 +85,16 @@ pub async fn read<M: Message + Default>(mut body: Body, limit: usize) -> Result<
                 ))
             }
         }
-    }
-    let end = want.expect("set before the loop ends");
+    };
     M::decode(&buf[PREFIX..end])
         .map_err(|e| Status::internal(format!("grpc: error unmarshalling request: {e}")))
 }
 
 /// A successful answer carrying `msg`.
 pub fn respond<M: Message>(msg: &M) -> http::Response<Body> {
-    let len = msg.encoded_len();
-    let mut buf = BytesMut::with_capacity(PREFIX + len);
-    buf.put_u8(0);
-    buf.put_u32(len as u32);
-    msg.encode(&mut buf).expect("the buffer holds the message");
+    let data = encode(msg);
     let mut resp = http::Response::new(Body::new(OneMessage {
-        data: Some(buf.freeze()),
+        data: Some(data),
         trailers: true,
     }));
     resp.headers_mut().insert(

@@ -31,11 +31,12 @@ use std::io;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll, Waker};
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use h2::client::SendRequest;
 use h2::{RecvStream, SendStream};
 use http::uri::{PathAndQuery, Uri};
 use http_body::{Body as _, Frame};
+use roster_server::unary;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tonic::body::Body;
 use tonic::codegen::Service;
@@ -131,13 +132,8 @@ pub struct RawStream {
 impl RawStream {
     /// Queues one message.
     pub fn send<M: prost::Message>(&mut self, msg: &M) -> Result<(), String> {
-        let len = msg.encoded_len();
-        let mut b = BytesMut::with_capacity(5 + len);
-        b.put_u8(0);
-        b.put_u32(len as u32);
-        msg.encode(&mut b).map_err(|e| e.to_string())?;
         self.send
-            .send_data(b.freeze(), false)
+            .send_data(unary::encode(msg), false)
             .map_err(|e| format!("sending: {e}"))
     }
 
@@ -152,12 +148,11 @@ impl RawStream {
         }
         let recv = self.recv.as_mut().ok_or("stream ended")?;
         loop {
-            if self.buf.len() >= 5 {
-                let len = u32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]]);
-                let end = 5 + len as usize;
+            if let Some((_, len)) = unary::prefix(&self.buf) {
+                let end = unary::PREFIX + len;
                 if self.buf.len() >= end {
                     let msg = self.buf.split_to(end);
-                    return M::decode(&msg[5..]).map_err(|e| format!("decoding: {e}"));
+                    return M::decode(&msg[unary::PREFIX..]).map_err(|e| format!("decoding: {e}"));
                 }
             }
             match std::future::poll_fn(|cx| recv.poll_data(cx)).await {
