@@ -210,6 +210,26 @@ pub async fn drive<W: Worker>(
     }
 }
 
+/// Runs `setups` concurrently, a task each, and returns their outputs in
+/// the order given: [`drive`] groups workers by their place in the list,
+/// so a worker set up on connection `i % conns` must stay at place `i`.
+pub async fn set_up_in_order<T, F>(setups: impl IntoIterator<Item = F>) -> Result<Vec<T>, String>
+where
+    T: Send + 'static,
+    F: Future<Output = Result<T, String>> + Send + 'static,
+{
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, f) in setups.into_iter().enumerate() {
+        tasks.spawn(async move { (i, f.await) });
+    }
+    let mut slots: Vec<Option<T>> = (0..tasks.len()).map(|_| None).collect();
+    while let Some(r) = tasks.join_next().await {
+        let (i, out) = r.map_err(|e| e.to_string())?;
+        slots[i] = Some(out?);
+    }
+    Ok(slots.into_iter().flatten().collect())
+}
+
 /// One client's closed loop.
 async fn client<W: Worker>(i: usize, mut w: W, shared: &Shared) {
     loop {

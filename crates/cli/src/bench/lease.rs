@@ -20,7 +20,7 @@ use roster_proto::etcdserverpb::{
 };
 use serde_json::{json, Map};
 
-use super::driver::{status_text, Worker};
+use super::driver::{set_up_in_order, status_text, Worker};
 use super::report::Recorder;
 use super::{emit, finish, Common};
 
@@ -75,19 +75,9 @@ async fn open(ch: Conn, ttl: i64) -> Result<KeepaliveWorker, String> {
 /// `roster bench lease-keepalive`.
 pub async fn keepalive(a: KeepaliveArgs) -> Result<(), String> {
     let chans = a.common.channels().await?;
-    let mut opening = tokio::task::JoinSet::new();
-    for i in 0..a.common.clients {
-        let ch = chans[i % chans.len()].clone();
-        opening.spawn(async move { (i, open(ch, a.ttl).await) });
-    }
-    // In client order, so that the driver groups each connection's clients.
-    let mut opened = Vec::with_capacity(a.common.clients);
-    while let Some(w) = opening.join_next().await {
-        let (i, w) = w.map_err(|e| e.to_string())?;
-        opened.push((i, w?));
-    }
-    opened.sort_by_key(|(i, _)| *i);
-    let workers: Vec<KeepaliveWorker> = opened.into_iter().map(|(_, w)| w).collect();
+    let workers =
+        set_up_in_order((0..a.common.clients).map(|i| open(chans[i % chans.len()].clone(), a.ttl)))
+            .await?;
     let ids: Vec<i64> = workers.iter().map(|w| w.id).collect();
     let rec = Arc::new(Recorder::new());
     let out = a

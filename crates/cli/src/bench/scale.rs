@@ -54,7 +54,7 @@ use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::JoinSet;
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::driver::{drive, status_text, Stop, Worker};
+use super::driver::{drive, set_up_in_order, status_text, Stop, Worker};
 use super::keys::{KeyArgs, KeyGen};
 use super::report::{Recorder, Report};
 use super::watch::WatchStream;
@@ -200,24 +200,20 @@ pub async fn hold_watchers(a: HoldWatchersArgs) -> Result<(), String> {
     // Each stream opens with its first watcher (keys 0..streams), timed
     // like every other creation; the rest go through the driver.
     let start = Instant::now();
-    let mut opening = JoinSet::new();
-    for i in 0..streams {
+    let opened = set_up_in_order((0..streams).map(|i| {
         let (ch, key, rec) = (
             chans[i % chans.len()].clone(),
             keys.key_at(i as u64),
             rec.clone(),
         );
-        opening.spawn(async move {
+        async move {
             let t = Instant::now();
             let s = WatchStream::open(ch, key).await?;
             rec.record(i, t.elapsed());
             Ok::<_, String>(Arc::new(tokio::sync::Mutex::new(s)))
-        });
-    }
-    let mut opened = Vec::with_capacity(streams);
-    while let Some(r) = opening.join_next().await {
-        opened.push(r.map_err(|e| e.to_string())??);
-    }
+        }
+    }))
+    .await?;
     let open_s = start.elapsed().as_secs_f64();
     let workers = opened
         .iter()

@@ -35,7 +35,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Streaming;
 
-use super::driver::{drive, status_text, Worker};
+use super::driver::{drive, set_up_in_order, status_text, Worker};
 use super::keys::{KeyArgs, KeyGen, Rng};
 use super::report::{Recorder, Report};
 use super::{emit, finish, Common};
@@ -130,17 +130,8 @@ async fn open_streams(
     n: usize,
     key_of: impl Fn(usize) -> Vec<u8>,
 ) -> Result<Vec<WatchStream>, String> {
-    let mut opening = tokio::task::JoinSet::new();
-    for i in 0..n {
-        let fut = WatchStream::open(chans[i % chans.len()].clone(), key_of(i));
-        opening.spawn(async move { (i, fut.await) });
-    }
-    let mut streams: Vec<Option<WatchStream>> = (0..n).map(|_| None).collect();
-    while let Some(r) = opening.join_next().await {
-        let (i, s) = r.map_err(|e| e.to_string())?;
-        streams[i] = Some(s?);
-    }
-    Ok(streams.into_iter().flatten().collect())
+    set_up_in_order((0..n).map(|i| WatchStream::open(chans[i % chans.len()].clone(), key_of(i))))
+        .await
 }
 
 struct CreateWorker {
