@@ -30,7 +30,8 @@
 //! - [`apply`]: the write commands.
 //! - [`wal`]: the write-ahead log that makes a batch durable before it is
 //!   applied, so the store itself needs an fsync only at checkpoints.
-//! - `store`: the [`Store`] that ties them together and guards concurrency.
+//! - `store`: the [`Store`] that ties them together and guards concurrency;
+//!   `store::checkpoint` writes the pending writes out beside new batches.
 
 pub mod apply;
 pub mod backend;

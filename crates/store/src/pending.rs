@@ -8,10 +8,15 @@
 //! them to redb in one durable commit. Readers look here first, then in
 //! redb ([`Layered`]).
 //!
-//! Everything here has a higher revision than anything in redb, except for
-//! the moment between a checkpoint's commit and the clearing of these maps,
-//! when a record is in both: a scan in revision order takes redb's records
-//! only below the first pending one.
+//! A checkpoint writes out a *frozen* generation: when it begins, the
+//! pending maps are set aside, read-only, and new writes go into fresh
+//! ones, so applying goes on while redb commits (see `crate::checkpoint`).
+//! Readers look in the fresh maps, then the frozen ones, then redb.
+//!
+//! Revisions rise from redb to the frozen maps to the fresh ones, except
+//! for the moment between a checkpoint's commit and the dropping of its
+//! frozen maps, when a record is in both redb and the frozen maps: a scan in
+//! revision order takes redb's records only below the first one held here.
 
 use std::collections::BTreeMap;
 use std::ops::Range;
@@ -68,42 +73,49 @@ impl Pending {
         self.records.iter().map(|(rev, rec)| (*rev, rec.as_slice()))
     }
 
-    /// Forgets everything: a checkpoint has written it to redb.
-    pub fn clear(&mut self) {
-        self.records.clear();
-        self.leases.clear();
-    }
-
     /// The writing half, for one batch: new records go into `self`, reads
-    /// of older ones fall through to `stored`.
-    pub fn writer<'a, T>(&'a mut self, stored: &'a T) -> PendingWriter<'a, T> {
+    /// of older ones fall through to `frozen`, then to `stored`.
+    pub fn writer<'a, T>(
+        &'a mut self,
+        frozen: Option<&'a Pending>,
+        stored: &'a T,
+    ) -> PendingWriter<'a, T> {
         PendingWriter {
             pending: self,
+            frozen,
             stored,
         }
     }
 }
 
-/// Pending records over redb's, for readers.
+/// Pending records over the frozen ones over redb's, for readers.
 pub struct Layered<'a, T> {
     /// Checked first.
     pub pending: &'a Pending,
+    /// Then these, while a checkpoint writes them out.
+    pub frozen: Option<&'a Pending>,
     /// Then this.
     pub stored: &'a T,
 }
 
 impl<T: Records> Records for Layered<'_, T> {
     fn record(&self, rev: Revision) -> Result<KeyValue, StoreError> {
-        match self.pending.record(rev) {
+        let held = self
+            .pending
+            .record(rev)
+            .or_else(|| self.frozen.and_then(|f| f.record(rev)));
+        match held {
             Some(bytes) => Ok(decode(bytes)?.0),
             None => self.stored.record(rev),
         }
     }
 }
 
-/// Pending writes of a batch being applied, over redb's records.
+/// Pending writes of a batch being applied, over the frozen and redb's
+/// records.
 pub struct PendingWriter<'a, T> {
     pending: &'a mut Pending,
+    frozen: Option<&'a Pending>,
     stored: &'a T,
 }
 
@@ -128,6 +140,7 @@ impl<T: Records> Records for PendingWriter<'_, T> {
     fn record(&self, rev: Revision) -> Result<KeyValue, StoreError> {
         Layered {
             pending: self.pending,
+            frozen: self.frozen,
             stored: self.stored,
         }
         .record(rev)

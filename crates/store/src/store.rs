@@ -13,9 +13,10 @@
 //!   holding it, and read at the published revision, pending records first.
 //!   Versions in the index newer than that belong to a batch that is not
 //!   yet durable; they are invisible.
-//! - A checkpoint holds `writing`, writes what is pending to redb under the
-//!   shared lock, commits, and only then takes the lock to forget it: a
-//!   reader finds each record in one place or the other, or both.
+//! - A checkpoint sets the pending writes aside (holding `writing` only for
+//!   that), writes them to redb while batches go on being applied, commits,
+//!   and only then takes the lock to forget them: a reader finds each record
+//!   in one place or the other, or both (see [`checkpoint`]).
 //! - Compaction drops history from the index at publication, and from redb
 //!   only afterwards, in [`Store::finish_compaction`]. A reader that saw the
 //!   index before the drop opened its read transaction before it too, so the
@@ -23,9 +24,13 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata};
+
+mod checkpoint;
+use checkpoint::Frozen;
 use roster_proto::etcdserverpb::{
     CompactionResponse, DeleteRangeResponse, LeaseCheckpointResponse, LeaseGrantResponse,
     LeaseRevokeResponse, PutResponse, RangeRequest, RangeResponse, TxnRequest, TxnResponse,
@@ -95,6 +100,8 @@ struct State {
     applied_index: u64,
     /// Applied records and lease rows the next checkpoint writes to redb.
     pending: Pending,
+    /// The writes a checkpoint in progress is putting in redb.
+    frozen: Option<Arc<Frozen>>,
 }
 
 /// The MVCC key-value store. Cheap to share behind an `Arc`.
@@ -113,10 +120,13 @@ pub struct Store {
     /// Durable commits made by `apply_batch` and `checkpoint`: with group
     /// commit, fewer than the commands applied.
     batches: AtomicU64,
-    /// Held by whoever changes what is pending or stored (apply,
-    /// checkpoint, compaction cleanup), so a checkpoint writes out and then
-    /// forgets exactly the same pending writes.
+    /// Held by whoever changes what is pending or stored (apply, the start
+    /// of a checkpoint, compaction cleanup).
     writing: Mutex<()>,
+    /// Held through a whole checkpoint, and by a durable `apply_batch`: one
+    /// generation of writes goes to redb at a time, in revision order.
+    /// Taken before `writing`.
+    checkpointing: Mutex<()>,
 }
 
 impl Store {
@@ -183,11 +193,13 @@ impl Store {
                 pending_compact_rev: compact,
                 applied_index,
                 pending: Pending::default(),
+                frozen: None,
             }),
             garbage: Mutex::new(garbage),
             published: AtomicI64::new(current),
             batches: AtomicU64::new(0),
             writing: Mutex::new(()),
+            checkpointing: Mutex::new(()),
         };
         store.finish_compaction()?;
         Ok(store)
@@ -246,53 +258,12 @@ impl Store {
         self.apply(commands, false)
     }
 
-    /// Makes everything applied so far durable in storage, and returns the
-    /// log index it now holds: log entries up to it are no longer needed.
-    pub fn checkpoint(&self) -> Result<u64, StoreError> {
-        let _writing = self.writing.lock();
-        self.write_out()
-    }
-
-    /// Writes what is pending to redb in one durable commit, with where the
-    /// store stands, then forgets it. The caller holds `writing`.
-    fn write_out(&self) -> Result<u64, StoreError> {
-        let mut tx = self.db.begin_write()?;
-        tx.set_durability(Durability::Immediate)?;
-        let index = {
-            // Readers go on meanwhile; writers wait on `writing`.
-            let st = self.state.read();
-            {
-                let mut kv = tx.open_table(KV)?;
-                for (rev, record) in st.pending.records() {
-                    kv.insert(rev, record)?;
-                }
-                let mut rows = tx.open_table(LEASES)?;
-                for (id, row) in st.pending.lease_rows() {
-                    match row {
-                        Some(row) => rows.insert(id, row)?,
-                        None => rows.remove(id)?,
-                    };
-                }
-                let mut meta = tx.open_table(META)?;
-                meta.insert(META_CURRENT_REV, st.applied_rev as u64)?;
-                if st.pending_compact_rev != NEVER_COMPACTED {
-                    meta.insert(META_COMPACT_REV, st.pending_compact_rev as u64)?;
-                }
-                meta.insert(META_APPLIED_INDEX, st.applied_index)?;
-            }
-            st.applied_index
-        };
-        tx.commit()?;
-        self.batches.fetch_add(1, Ordering::Relaxed);
-        self.state.write().pending.clear();
-        Ok(index)
-    }
-
     fn apply(
         &self,
         commands: &[(u64, Command)],
         durable: bool,
     ) -> Result<Vec<Applied>, StoreError> {
+        let _one_generation = durable.then(|| self.checkpointing.lock());
         let _writing = self.writing.lock();
         // Older records a command reads (a previous value, a txn's range)
         // come from here when they are no longer pending.
@@ -304,7 +275,8 @@ impl Store {
             for (log_index, cmd) in commands {
                 let mut w = WriteTxn::new(
                     &mut st.index,
-                    st.pending.writer(&stored),
+                    st.pending
+                        .writer(st.frozen.as_deref().map(Frozen::writes), &stored),
                     &mut st.leases,
                     st.applied_rev,
                     st.pending_compact_rev,
@@ -342,7 +314,8 @@ impl Store {
         };
         drop(stored);
         if durable {
-            self.write_out()?;
+            // Holding both locks: nothing else is frozen or applied meanwhile.
+            self.write_out_pending()?;
         }
 
         let mut st = self.state.write();
@@ -365,7 +338,22 @@ impl Store {
         let _writing = self.writing.lock();
         {
             let mut st = self.state.write();
-            garbage.retain(|rev| !st.pending.remove_record(*rev));
+            let st = &mut *st;
+            // A frozen record reaches redb with its checkpoint; it is
+            // removed from there by the call after the checkpoint's end.
+            let mut deferred = Vec::new();
+            garbage.retain(|rev| {
+                if st.pending.remove_record(*rev) {
+                    return false;
+                }
+                let frozen = st.frozen.as_ref();
+                if frozen.is_some_and(|f| f.writes().record(*rev).is_some()) {
+                    deferred.push(*rev);
+                    return false;
+                }
+                true
+            });
+            self.garbage.lock().extend(deferred);
         }
         if garbage.is_empty() {
             return Ok(());
@@ -394,6 +382,7 @@ impl Store {
         let kv = tx.open_table(KV)?;
         let records = Layered {
             pending: &st.pending,
+            frozen: st.frozen.as_deref().map(Frozen::writes),
             stored: &kv,
         };
         let view = View {
@@ -470,16 +459,19 @@ impl Store {
         }
         .to_u128();
         // Records not yet in redb are copied while the lock holds them
-        // (at most one checkpoint interval of writes). redb's records from
-        // the first pending one on are copies of pending ones, from a
-        // checkpoint that has committed but not yet forgotten them.
-        let stored_end = st
-            .pending
-            .first_record()
+        // (at most one checkpoint interval of writes, two while a
+        // checkpoint runs). redb's records from the first frozen or pending
+        // one on are copies, from a checkpoint that has committed but not
+        // yet forgotten them.
+        let frozen = st.frozen.as_deref().map(Frozen::writes);
+        let layers = frozen.into_iter().chain([&st.pending]);
+        let stored_end = layers
+            .clone()
+            .filter_map(Pending::first_record)
+            .next()
             .map_or(end, |first| first.min(end));
-        let recent: Vec<(u128, Vec<u8>)> = st
-            .pending
-            .records_in(start..end)
+        let recent: Vec<(u128, Vec<u8>)> = layers
+            .flat_map(|layer| layer.records_in(start..end))
             .map(|(rev, rec)| (rev, rec.to_vec()))
             .collect();
         drop(st);
@@ -537,9 +529,11 @@ impl Store {
 
     /// Number of records in storage, tombstones and old versions included.
     pub fn record_count(&self) -> Result<u64, StoreError> {
-        // No checkpoint between the two counts, so nothing is in both.
+        // No checkpoint between or during the two counts, so nothing is in
+        // both.
+        let _one_generation = self.checkpointing.lock();
         let _writing = self.writing.lock();
-        let pending = self.state.read().pending.records().count() as u64;
+        let pending = self.state.read().pending.len() as u64;
         let tx = self.db.begin_read()?;
         Ok(tx.open_table(KV)?.len()? + pending)
     }
