@@ -36,7 +36,9 @@
 //! a checkpoint starts that clock. Commits go on while the store writes out
 //! (it sets the writes aside first): a checkpoint takes milliseconds, most
 //! of them waiting on the disk, and holding the core through it held up
-//! every write that came meanwhile. When the write path closes, the
+//! every write that came meanwhile. Behind a lone writer it holds the core
+//! all the same, which measured faster (see `Shared::checkpoint`). When
+//! the write path closes, the
 //! checkpointer waits for the writer to finish what is queued and makes a
 //! last checkpoint, so the next start replays nothing.
 //!
@@ -104,6 +106,8 @@ struct Shared {
     applied: AtomicU64,
     /// Log appends made: one `fdatasync` each.
     syncs: AtomicU64,
+    /// The last commit was a lone proposer's own (see `Shared::checkpoint`).
+    lone: AtomicBool,
     /// Answers not yet taken by their proposers (see `crate::coalesce`).
     backlog: Backlog,
     failed: AtomicBool,
@@ -155,6 +159,7 @@ impl Standalone {
             term,
             member_id,
             syncs: AtomicU64::new(0),
+            lone: AtomicBool::new(false),
             backlog: Backlog::default(),
             failed: AtomicBool::new(false),
             fatal,
@@ -242,6 +247,7 @@ impl Shared {
         if queue.pending.is_empty() && queue.writer_idle && may_block() {
             if let Some(mut core) = self.core.try_lock() {
                 drop(queue);
+                self.lone.store(true, Ordering::Relaxed);
                 let mut batch = vec![p];
                 self.commit(&mut core, &mut batch);
                 return Ok(());
@@ -279,6 +285,7 @@ impl Shared {
             drop(queue);
             // An inline committer may have taken them first.
             if !batch.is_empty() {
+                self.lone.store(false, Ordering::Relaxed);
                 self.commit(&mut core, &mut batch);
             }
         }
@@ -372,13 +379,24 @@ impl Shared {
 
     /// Makes the store durable while commits go on, and drops the log it
     /// no longer needs.
+    ///
+    /// Behind a lone writer (its last commit was its own) the checkpoint
+    /// holds the core anyway: run beside one client's puts, checkpoints
+    /// made them 11% slower (10 alternating rounds), their commits no
+    /// slower but the wake-ups between client and server slower, as the
+    /// scheduler placed the threads anew on the two vCPUs. A lone writer
+    /// waits about 2 ms in every 100 instead.
     fn checkpoint(&self) -> Result<(), StoreError> {
         let started = Instant::now();
+        let held = self.lone.load(Ordering::Relaxed).then(|| self.core.lock());
         let upto = self.store.checkpoint()?;
         tracing::debug!(upto, took = ?started.elapsed(), "checkpoint");
         // Records of a compaction that the checkpoint held are in redb now.
         self.store.finish_compaction()?;
-        self.core.lock().wal.release(upto)
+        match held {
+            Some(mut core) => core.wal.release(upto),
+            None => self.core.lock().wal.release(upto),
+        }
     }
 
     /// Stopped: leave the store durable so the next start replays nothing.
