@@ -38,9 +38,9 @@
 //! of them waiting on the disk, and holding the core through it held up
 //! every write that came meanwhile. Behind a lone writer it holds the core
 //! all the same, which measured faster (see `Shared::checkpoint`). When
-//! the write path closes, the
-//! checkpointer waits for the writer to finish what is queued and makes a
-//! last checkpoint, so the next start replays nothing.
+//! the write path closes, the checkpointer waits for the writer to finish
+//! what is queued and makes a last checkpoint, so the next start replays
+//! nothing.
 //!
 //! A storage failure on this path is fatal: the in-memory state may be ahead
 //! of the disk, so the write path closes, every pending and later proposal
