@@ -10,7 +10,7 @@
 //!
 //! A checkpoint writes out a *frozen* generation: when it begins, the
 //! pending maps are set aside, read-only, and new writes go into fresh
-//! ones, so applying goes on while redb commits (see `crate::checkpoint`).
+//! ones, so applying goes on while redb commits (see `store::checkpoint`).
 //! Readers look in the fresh maps, then the frozen ones, then redb.
 //!
 //! Revisions rise from redb to the frozen maps to the fresh ones, except
