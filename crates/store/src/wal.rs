@@ -279,13 +279,14 @@ impl Wal {
         if self.pos > 0 && self.pos + self.buf.len() as u64 > self.segment_bytes {
             self.roll(first)?;
         }
-        let path = self.active_path();
+        // The segment's path is formatted only for an error: an append
+        // is on every write's path.
         self.active
             .write_all_at(&self.buf, self.pos)
-            .map_err(|e| io("writing", &path, e))?;
+            .map_err(|e| io("writing", &self.active_path(), e))?;
         self.active
             .sync_data()
-            .map_err(|e| io("syncing", &path, e))?;
+            .map_err(|e| io("syncing", &self.active_path(), e))?;
         self.pos += self.buf.len() as u64;
         Ok(())
     }
