@@ -134,6 +134,29 @@ impl KeyIndex {
         }
     }
 
+    /// The keys from `from` on and before `end` (no bound when `None`), in
+    /// key order, each with its version live at revision `at` (`None` when
+    /// it had none then, or was deleted): a walk that can stop at any key
+    /// and go on later from just after it.
+    pub fn scan<'a>(
+        &'a self,
+        from: Bound<&'a [u8]>,
+        end: Option<&'a [u8]>,
+        at: i64,
+    ) -> impl Iterator<Item = (&'a [u8], Option<&'a Version>)> + 'a {
+        // BTreeMap::range panics on an inverted range; it holds nothing.
+        let empty = match (from, end) {
+            (Bound::Included(s) | Bound::Excluded(s), Some(e)) => e <= s,
+            _ => false,
+        };
+        let upper = end.map_or(Bound::Unbounded, Bound::Excluded);
+        (!empty)
+            .then(|| self.keys.range::<[u8], _>((from, upper)))
+            .into_iter()
+            .flatten()
+            .map(move |(k, vs)| (k.as_slice(), visible(vs, at)))
+    }
+
     /// Appends the version `make` builds from the one live at `at` (none
     /// when the key is absent or deleted there), finding the key once, and
     /// returns that live version and the new one. A put of a key that

@@ -43,30 +43,156 @@ fn materialize(
     } else {
         Vec::new()
     };
-    Ok(KeyValue {
+    Ok(key_value(key, v, value))
+}
+
+/// The `KeyValue` of version `v` of `key`, with `value`.
+pub(crate) fn key_value(key: &[u8], v: &Version, value: Vec<u8>) -> KeyValue {
+    KeyValue {
         key: key.to_vec(),
         create_revision: v.create,
         mod_revision: v.rev.main,
         version: v.version,
         value,
         lease: v.lease,
-    })
+    }
+}
+
+/// Checks that `revision` (0 or less meaning `rev`, the reader's own) is
+/// readable in a store at `rev` compacted to `compact_rev`, and returns the
+/// revision to read at.
+pub(crate) fn check_revision(rev: i64, compact_rev: i64, revision: i64) -> Result<i64, StoreError> {
+    if revision <= 0 {
+        return Ok(rev);
+    }
+    if revision > rev {
+        return Err(StoreError::FutureRevision);
+    }
+    if revision < compact_rev {
+        return Err(StoreError::Compacted);
+    }
+    Ok(revision)
+}
+
+/// A Range request's rules, applied one hit at a time in key order, so that
+/// a reader may walk the index in pieces (see `store::scan`).
+///
+/// The order of steps follows etcd so that corner cases agree: `count` is
+/// every key in the range at the revision; the min/max revision filters
+/// apply next; without an explicit sort order but with a non-key sort
+/// target the results are cut to the limit in key order *before* being
+/// sorted ascending by the target, exactly as etcd does.
+pub(crate) struct RangeRules<'r> {
+    r: &'r RangeRequest,
+    /// The revision read at.
+    pub at: i64,
+    order: SortOrder,
+    target: SortTarget,
+    filtered: bool,
+    /// Hits kept at most, when they are cut in key order.
+    cut: Option<usize>,
+    /// Whether kept hits need their values.
+    pub with_value: bool,
+}
+
+impl<'r> RangeRules<'r> {
+    /// The rules of `r`, read at `at`.
+    pub fn new(r: &'r RangeRequest, at: i64) -> Result<Self, StoreError> {
+        // A count reads no values and sorts nothing: its sort fields are
+        // not looked at.
+        let (order, target) = if r.count_only {
+            (SortOrder::None, SortTarget::Key)
+        } else {
+            (
+                SortOrder::try_from(r.sort_order).map_err(|_| StoreError::Invalid("sort order"))?,
+                SortTarget::try_from(r.sort_target)
+                    .map_err(|_| StoreError::Invalid("sort target"))?,
+            )
+        };
+        let filtered = r.min_mod_revision != 0
+            || r.max_mod_revision != 0
+            || r.min_create_revision != 0
+            || r.max_create_revision != 0;
+        // One more than asked for, so `more` can be told.
+        let cut = (r.limit > 0 && order == SortOrder::None && !filtered)
+            .then(|| r.limit.saturating_add(1) as usize);
+        Ok(RangeRules {
+            r,
+            at,
+            order,
+            target,
+            filtered,
+            cut,
+            with_value: !r.count_only && (!r.keys_only || target == SortTarget::Value),
+        })
+    }
+
+    /// Whether the hit `v` is kept, `kept` hits having been kept before it.
+    pub fn keeps(&self, v: &Version, kept: usize) -> bool {
+        let r = self.r;
+        if r.count_only || self.cut.is_some_and(|cut| kept >= cut) {
+            return false;
+        }
+        !(self.filtered
+            && (r.max_mod_revision != 0 && v.rev.main > r.max_mod_revision
+                || r.min_mod_revision != 0 && v.rev.main < r.min_mod_revision
+                || r.max_create_revision != 0 && v.create > r.max_create_revision
+                || r.min_create_revision != 0 && v.create < r.min_create_revision))
+    }
+
+    /// The response: `count` hits in all, `kvs` the kept ones in key
+    /// order, read in a store at `rev`.
+    pub fn respond(&self, rev: i64, count: i64, mut kvs: Vec<KeyValue>) -> RangeResponse {
+        let r = self.r;
+        let header = Some(ResponseHeader {
+            revision: rev,
+            ..Default::default()
+        });
+        let order = match (self.order, self.target) {
+            (SortOrder::None, SortTarget::Key) => SortOrder::None,
+            (SortOrder::None, _) => SortOrder::Ascend,
+            (o, _) => o,
+        };
+        if order != SortOrder::None {
+            let target = self.target;
+            let by = |a: &KeyValue, b: &KeyValue| -> Ordering {
+                match target {
+                    SortTarget::Key => a.key.cmp(&b.key),
+                    SortTarget::Version => a.version.cmp(&b.version),
+                    SortTarget::Create => a.create_revision.cmp(&b.create_revision),
+                    SortTarget::Mod => a.mod_revision.cmp(&b.mod_revision),
+                    SortTarget::Value => a.value.cmp(&b.value),
+                }
+            };
+            // Stable sorts: ties stay in key order, as etcd's sort does for
+            // the small result sets where its order is observable.
+            match order {
+                SortOrder::Descend => kvs.sort_by(|a, b| by(b, a)),
+                _ => kvs.sort_by(by),
+            }
+        }
+        let mut more = false;
+        if r.limit > 0 && kvs.len() as i64 > r.limit {
+            kvs.truncate(r.limit as usize);
+            more = true;
+        }
+        if r.keys_only {
+            kvs.iter_mut().for_each(|kv| kv.value.clear());
+        }
+        RangeResponse {
+            header,
+            kvs,
+            more,
+            count,
+        }
+    }
 }
 
 impl View<'_> {
     /// Checks that `revision` (0 or less meaning "the view's own") is
     /// readable, and returns the revision to read at.
     pub fn check_revision(&self, revision: i64) -> Result<i64, StoreError> {
-        if revision <= 0 {
-            return Ok(self.rev);
-        }
-        if revision > self.rev {
-            return Err(StoreError::FutureRevision);
-        }
-        if revision < self.compact_rev {
-            return Err(StoreError::Compacted);
-        }
-        Ok(revision)
+        check_revision(self.rev, self.compact_rev, revision)
     }
 
     /// The live `KeyValue` of `key` at the view's revision.
@@ -85,93 +211,20 @@ impl View<'_> {
             .collect()
     }
 
-    /// Answers a Range request with etcd's semantics.
-    ///
-    /// The order of steps follows etcd so that corner cases agree: `count` is
-    /// every key in the range at the revision; the min/max revision filters
-    /// apply next; without an explicit sort order but with a non-key sort
-    /// target the results are cut to the limit in key order *before* being
-    /// sorted ascending by the target, exactly as etcd does.
+    /// Answers a Range request with etcd's semantics (see `RangeRules`),
+    /// in one walk of the index.
     pub fn range(&self, r: &RangeRequest) -> Result<RangeResponse, StoreError> {
-        let at = self.check_revision(r.revision)?;
+        let rules = RangeRules::new(r, self.check_revision(r.revision)?)?;
         let range = KeyRange::new(&r.key, &r.range_end);
-        let mut hits: Vec<(&[u8], &Version)> = self.index.range(&range, at).collect();
-        let header = Some(ResponseHeader {
-            revision: self.rev,
-            ..Default::default()
-        });
-        let count = hits.len() as i64;
-        if r.count_only {
-            return Ok(RangeResponse {
-                header,
-                kvs: vec![],
-                more: false,
-                count,
-            });
-        }
-
-        let filtered = r.min_mod_revision != 0
-            || r.max_mod_revision != 0
-            || r.min_create_revision != 0
-            || r.max_create_revision != 0;
-        let order =
-            SortOrder::try_from(r.sort_order).map_err(|_| StoreError::Invalid("sort order"))?;
-        let target =
-            SortTarget::try_from(r.sort_target).map_err(|_| StoreError::Invalid("sort target"))?;
-        if r.limit > 0 && order == SortOrder::None && !filtered {
-            // One more than asked for, so `more` can be told.
-            hits.truncate(r.limit.saturating_add(1) as usize);
-        }
-        hits.retain(|(_, v)| {
-            !(r.max_mod_revision != 0 && v.rev.main > r.max_mod_revision
-                || r.min_mod_revision != 0 && v.rev.main < r.min_mod_revision
-                || r.max_create_revision != 0 && v.create > r.max_create_revision
-                || r.min_create_revision != 0 && v.create < r.min_create_revision)
-        });
-
-        let with_value = !r.keys_only || target == SortTarget::Value;
-        let mut kvs = hits
-            .into_iter()
-            .map(|(k, v)| materialize(self, k, v, with_value))
-            .collect::<Result<Vec<_>, _>>()?;
-
-        let order = match (order, target) {
-            (SortOrder::None, SortTarget::Key) => SortOrder::None,
-            (SortOrder::None, _) => SortOrder::Ascend,
-            (o, _) => o,
-        };
-        if order != SortOrder::None {
-            let by = |a: &KeyValue, b: &KeyValue| -> Ordering {
-                match target {
-                    SortTarget::Key => a.key.cmp(&b.key),
-                    SortTarget::Version => a.version.cmp(&b.version),
-                    SortTarget::Create => a.create_revision.cmp(&b.create_revision),
-                    SortTarget::Mod => a.mod_revision.cmp(&b.mod_revision),
-                    SortTarget::Value => a.value.cmp(&b.value),
-                }
-            };
-            // Stable sorts: ties stay in key order, as etcd's sort does for
-            // the small result sets where its order is observable.
-            match order {
-                SortOrder::Descend => kvs.sort_by(|a, b| by(b, a)),
-                _ => kvs.sort_by(by),
+        let mut count = 0;
+        let mut kvs = Vec::new();
+        for (k, v) in self.index.range(&range, rules.at) {
+            count += 1;
+            if rules.keeps(v, kvs.len()) {
+                kvs.push(materialize(self, k, v, rules.with_value)?);
             }
         }
-
-        let mut more = false;
-        if r.limit > 0 && kvs.len() as i64 > r.limit {
-            kvs.truncate(r.limit as usize);
-            more = true;
-        }
-        if r.keys_only {
-            kvs.iter_mut().for_each(|kv| kv.value.clear());
-        }
-        Ok(RangeResponse {
-            header,
-            kvs,
-            more,
-            count,
-        })
+        Ok(rules.respond(self.rev, count, kvs))
     }
 
     /// Evaluates one txn compare with etcd's rules: a compare over a range

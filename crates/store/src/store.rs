@@ -13,6 +13,7 @@
 //!   holding it, and read at the published revision, pending records first.
 //!   Versions in the index newer than that belong to a batch that is not
 //!   yet durable; they are invisible.
+//!   A range over a span takes the lock a piece at a time (see [`scan`]).
 //! - A checkpoint sets the pending writes aside (holding `writing` only for
 //!   that), writes them to redb while batches go on being applied, commits,
 //!   and only then takes the lock to forget them: a reader finds each record
@@ -30,13 +31,15 @@ use parking_lot::{Mutex, RwLock};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata};
 
 mod checkpoint;
+mod scan;
 use checkpoint::Frozen;
 use roster_proto::etcdserverpb::{
     CompactionResponse, DeleteRangeResponse, LeaseCheckpointResponse, LeaseGrantResponse,
-    LeaseRevokeResponse, PutResponse, RangeRequest, RangeResponse, TxnRequest, TxnResponse,
+    LeaseRevokeResponse, PutResponse, TxnRequest, TxnResponse,
 };
 use roster_proto::mvccpb::{event::EventType, Event, KeyValue};
 use roster_proto::roster::{command::Kind, Command};
+pub use scan::RangeScan;
 
 use crate::apply::{read_txn, WriteTxn};
 use crate::backend::{
@@ -131,6 +134,9 @@ pub struct Store {
     /// generation of writes goes to redb at a time, in revision order.
     /// Taken before `writing`.
     checkpointing: Mutex<()>,
+    /// Index entries a long range walks per hold of the state lock (see
+    /// `store::scan`); tests make it small.
+    scan_chunk: usize,
 }
 
 impl Store {
@@ -204,6 +210,7 @@ impl Store {
             batches: AtomicU64::new(0),
             writing: Mutex::new(()),
             checkpointing: Mutex::new(()),
+            scan_chunk: scan::SCAN_CHUNK,
         };
         store.finish_compaction()?;
         Ok(store)
@@ -396,11 +403,6 @@ impl Store {
             records: &records,
         };
         f(&view)
-    }
-
-    /// Answers a Range request.
-    pub fn range(&self, r: &RangeRequest) -> Result<RangeResponse, StoreError> {
-        self.with_view(|v| v.range(r))
     }
 
     /// Answers a txn that only reads (see [`crate::apply::is_read_only`])

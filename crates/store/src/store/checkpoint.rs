@@ -69,7 +69,7 @@ impl Store {
     /// Sets the pending writes aside for a checkpoint. The caller holds
     /// `checkpointing` and `writing`. A generation left frozen by a failed
     /// write is returned again, to be retried first.
-    fn freeze(&self) -> Arc<Frozen> {
+    pub(super) fn freeze(&self) -> Arc<Frozen> {
         let mut st = self.state.write();
         if let Some(frozen) = &st.frozen {
             return frozen.clone();
@@ -85,7 +85,7 @@ impl Store {
     }
 
     /// Writes `frozen` to redb in one durable commit, then forgets it.
-    fn write_out(&self, frozen: &Frozen) -> Result<u64, StoreError> {
+    pub(super) fn write_out(&self, frozen: &Frozen) -> Result<u64, StoreError> {
         let mut tx = self.db.begin_write()?;
         tx.set_durability(Durability::Immediate)?;
         {

@@ -1,0 +1,338 @@
+use std::cell::Cell;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use roster_proto::etcdserverpb::range_request::{SortOrder, SortTarget};
+use roster_proto::etcdserverpb::{CompactionRequest, DeleteRangeRequest, PutRequest};
+use roster_proto::roster::{command::Kind, Command};
+
+use super::*;
+
+/// Keys walked per piece in these tests: many pieces for a few keys.
+const CHUNK: usize = 3;
+
+fn key(i: u64) -> Vec<u8> {
+    format!("k{i:02}").into_bytes()
+}
+
+fn put(k: u64, value: &str) -> Command {
+    Command {
+        kind: Some(Kind::Put(PutRequest {
+            key: key(k),
+            value: value.as_bytes().to_vec(),
+            ..Default::default()
+        })),
+    }
+}
+
+fn delete(k: u64) -> Command {
+    Command {
+        kind: Some(Kind::DeleteRange(DeleteRangeRequest {
+            key: key(k),
+            ..Default::default()
+        })),
+    }
+}
+
+fn compact(revision: i64) -> Command {
+    Command {
+        kind: Some(Kind::Compact(CompactionRequest {
+            revision,
+            physical: false,
+        })),
+    }
+}
+
+/// A store whose ranges walk [`CHUNK`] keys at a time, and its next log
+/// index.
+struct Fixture {
+    store: Store,
+    next: Cell<u64>,
+    _dir: tempfile::TempDir,
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("db")).unwrap();
+        store.scan_chunk = CHUNK;
+        Fixture {
+            store,
+            next: Cell::new(1),
+            _dir: dir,
+        }
+    }
+
+    /// Applies `cmd` as the next log entry; false if it was refused.
+    fn apply(&self, cmd: Command) -> bool {
+        let index = self.next.replace(self.next.get() + 1);
+        let applied = self.store.apply_logged(&[(index, cmd)]).unwrap();
+        applied[0].response.is_ok()
+    }
+}
+
+fn span(start: &[u8], end: &[u8]) -> RangeRequest {
+    RangeRequest {
+        key: start.to_vec(),
+        range_end: end.to_vec(),
+        ..Default::default()
+    }
+}
+
+/// Reads in pieces, insisting that the read is not started again, and
+/// calls `between` after each piece but the last has let go of the lock,
+/// before it reads its values from storage.
+fn in_pieces(store: &Store, r: &RangeRequest, mut between: impl FnMut()) -> RangeResponse {
+    let mut scan = store.range_scan(r).unwrap();
+    assert!(scan.walk.is_some(), "not a span: {r:?}");
+    loop {
+        let tx = scan.walk_piece().unwrap().expect("read without a restart");
+        if scan.walk.as_ref().unwrap().after.is_some() {
+            between();
+        }
+        scan.read_stored(&tx).unwrap();
+        if let Some(response) = scan.answer() {
+            return response;
+        }
+    }
+}
+
+/// Every request shape the rules treat differently, over spans that cover
+/// several pieces.
+fn requests(old: i64) -> Vec<RangeRequest> {
+    let all = span(&[0], &[0]);
+    let with = |f: &dyn Fn(&mut RangeRequest)| {
+        let mut r = all.clone();
+        f(&mut r);
+        r
+    };
+    vec![
+        all.clone(),
+        span(b"k1", b"k2"),
+        span(b"k05", &[0]),
+        span(b"k05", b"k05"),
+        span(b"k30", b"k10"),
+        with(&|r| r.revision = old),
+        with(&|r| r.limit = 5),
+        with(&|r| r.limit = 40),
+        with(&|r| r.count_only = true),
+        with(&|r| {
+            r.count_only = true;
+            r.revision = old;
+        }),
+        with(&|r| r.keys_only = true),
+        with(&|r| {
+            r.limit = 4;
+            r.sort_order = SortOrder::Descend as i32;
+            r.sort_target = SortTarget::Mod as i32;
+        }),
+        with(&|r| {
+            r.limit = 3;
+            r.sort_target = SortTarget::Value as i32;
+        }),
+        with(&|r| {
+            r.keys_only = true;
+            r.sort_order = SortOrder::Ascend as i32;
+            r.sort_target = SortTarget::Value as i32;
+        }),
+        with(&|r| {
+            r.limit = 2;
+            r.min_mod_revision = old;
+        }),
+        with(&|r| r.max_create_revision = old),
+        with(&|r| {
+            r.revision = old;
+            r.min_create_revision = 10;
+            r.max_mod_revision = old - 2;
+        }),
+    ]
+}
+
+/// A read in pieces answers what one walk under the lock answers, whether
+/// the values are in redb, frozen for a checkpoint, or pending.
+#[test]
+fn pieces_answer_as_one_walk() {
+    let f = Fixture::new();
+    for i in 0..30 {
+        f.apply(put(i, &format!("first {i}")));
+    }
+    f.store.checkpoint().unwrap();
+    let old = f.store.revision();
+    for i in (0..30).step_by(3) {
+        f.apply(put(i, &format!("second {}", 30 - i)));
+    }
+    for i in (1..30).step_by(7) {
+        f.apply(delete(i));
+    }
+    // These go to redb's ...
+    let one_generation = f.store.checkpointing.lock();
+    let frozen = {
+        let _writing = f.store.writing.lock();
+        f.store.freeze()
+    };
+    // ... while these are pending.
+    for i in (2..40).step_by(4) {
+        f.apply(put(i, &format!("third {i}")));
+    }
+    let mut layouts = 0;
+    for r in requests(old) {
+        let one_walk = f.store.with_view(|v| v.range(&r)).unwrap();
+        assert_eq!(in_pieces(&f.store, &r, || ()), one_walk, "{r:?}");
+        assert_eq!(f.store.range(&r).unwrap(), one_walk, "{r:?}");
+        layouts += 1;
+    }
+    f.store.write_out(&frozen).unwrap();
+    drop(one_generation);
+    for r in requests(old) {
+        let one_walk = f.store.with_view(|v| v.range(&r)).unwrap();
+        assert_eq!(in_pieces(&f.store, &r, || ()), one_walk, "{r:?}");
+    }
+    // The requests found something to tell apart.
+    let all = f.store.range(&span(&[0], &[0])).unwrap();
+    assert_eq!(all.count, 29);
+    assert!(layouts > 10);
+}
+
+/// Writes between the pieces are not seen; the answer is the store at the
+/// revision the read began at.
+#[test]
+fn writes_between_pieces_are_not_seen() {
+    let f = Fixture::new();
+    for i in 0..20 {
+        f.apply(put(i, "before"));
+    }
+    let at = f.store.revision();
+    let r = span(&[0], &[0]);
+    let mut pieces = 0;
+    let read = in_pieces(&f.store, &r, || {
+        // Overwrite a key ahead of the walk, delete one, add one; the
+        // first time, compact to the read's own revision too, which keeps
+        // all it sees.
+        assert!(f.apply(put(19, "after")));
+        assert!(f.apply(delete(18)));
+        assert!(f.apply(put(25, "new")));
+        if pieces == 0 {
+            assert!(f.apply(compact(at)));
+            f.store.finish_compaction().unwrap();
+        }
+        pieces += 1;
+    });
+    assert!(pieces >= 6, "{pieces} pieces");
+    assert_eq!(read.header.unwrap().revision, at);
+    assert_eq!(read.count, 20);
+    assert!(read.kvs.iter().all(|kv| kv.value == b"before"));
+    let at_rev = RangeRequest { revision: at, ..r };
+    assert_eq!(f.store.range(&at_rev).unwrap().kvs, read.kvs);
+}
+
+/// A compaction past the read's revision between pieces starts the read
+/// again, in one walk at the newest revision. The piece read before it
+/// still finds its values, though the compaction removed them from redb.
+#[test]
+fn compaction_past_the_read_starts_it_again() {
+    let f = Fixture::new();
+    for i in 0..20 {
+        f.apply(put(i, "before"));
+    }
+    f.store.checkpoint().unwrap();
+    let r = span(&[0], &[0]);
+    let mut scan = f.store.range_scan(&r).unwrap();
+    let tx = scan.walk_piece().unwrap().expect("a walk");
+    // New versions of the first piece's keys, and a compaction that drops
+    // the ones it saw, from the index and from redb.
+    for i in 0..CHUNK as u64 {
+        assert!(f.apply(put(i, "after")));
+    }
+    assert!(f.apply(compact(f.store.revision())));
+    f.store.finish_compaction().unwrap();
+    // The piece still reads its values, from its own snapshot.
+    scan.read_stored(&tx).unwrap();
+    assert!(scan.answer().is_none());
+    let kvs = &scan.walk.as_ref().unwrap().kvs;
+    assert_eq!(kvs.len(), CHUNK);
+    assert!(kvs.iter().all(|kv| kv.value == b"before"), "{kvs:?}");
+    // The next step finds the compaction and reads again, at the newest.
+    let again = scan.step().unwrap().expect("read in one walk");
+    assert!(scan.walk.is_none());
+    let store = &f.store;
+    assert_eq!(again.header.unwrap().revision, store.revision());
+    assert_eq!(again.kvs[0].value, b"after");
+    assert_eq!(again.kvs[CHUNK].value, b"before");
+    assert_eq!(again.count, 20);
+    // Asked for a revision the compaction passed, the read is refused.
+    let old = RangeRequest {
+        revision: store.revision() - 1,
+        ..r
+    };
+    assert!(matches!(store.range(&old), Err(StoreError::Compacted)));
+}
+
+/// Readers in pieces beside a writer, compactions and checkpoints: every
+/// answer is the store exactly as it was at the answer's revision.
+#[test]
+fn pieces_beside_writes_compactions_and_checkpoints() {
+    const KEYS: u64 = 20;
+    const PUTS: u64 = 3000;
+    let Fixture { store, _dir, .. } = Fixture::new();
+    let store = Arc::new(store);
+    let done = Arc::new(AtomicBool::new(false));
+    let checkpointer = {
+        let (store, done) = (store.clone(), done.clone());
+        std::thread::spawn(move || {
+            while !done.load(Ordering::Relaxed) {
+                store.checkpoint().unwrap();
+                store.finish_compaction().unwrap();
+            }
+        })
+    };
+    let reader = {
+        let (store, done) = (store.clone(), done.clone());
+        std::thread::spawn(move || {
+            let mut reads = 0;
+            while !done.load(Ordering::Relaxed) {
+                let read = store.range(&span(&[0], &[0])).unwrap();
+                let rev = read.header.unwrap().revision;
+                let newest_put = rev as u64 - 1;
+                let want: Vec<(Vec<u8>, u64)> = (0..KEYS)
+                    .filter_map(|k| {
+                        let last = (1..=newest_put).rev().find(|i| i % KEYS == k)?;
+                        Some((key(k), last))
+                    })
+                    .collect();
+                let got: Vec<(Vec<u8>, u64)> = read
+                    .kvs
+                    .iter()
+                    .map(|kv| {
+                        let i: u64 = std::str::from_utf8(&kv.value).unwrap().parse().unwrap();
+                        assert_eq!(kv.mod_revision as u64, i + 1, "{kv:?}");
+                        (kv.key.clone(), i)
+                    })
+                    .collect();
+                assert_eq!(got, want, "at revision {rev}");
+                assert_eq!(read.count as usize, want.len());
+                reads += 1;
+            }
+            reads
+        })
+    };
+    // Put `i` (from 1) writes key `i % KEYS` with value `i` at revision
+    // `i + 1`.
+    let mut next = 1;
+    for i in 1..=PUTS {
+        store
+            .apply_logged(&[(next, put(i % KEYS, &i.to_string()))])
+            .unwrap();
+        next += 1;
+        if i % 50 == 0 {
+            // Keeps the last 25 revisions: reads begun before often see
+            // the compaction pass them.
+            let c = store.revision() - 25;
+            store.apply_logged(&[(next, compact(c))]).unwrap();
+            next += 1;
+            store.finish_compaction().unwrap();
+        }
+    }
+    done.store(true, Ordering::Relaxed);
+    checkpointer.join().unwrap();
+    assert!(reader.join().unwrap() > 0);
+}
