@@ -1218,3 +1218,80 @@ async fn data_and_revision_survive_a_restart() {
         ("a", "3", 2, 8, 3)
     );
 }
+
+/// Keys in the long-range test: the server walks a range 1024 keys at a
+/// time, so this takes two pieces and part of a third.
+const MANY: usize = 2100;
+
+fn many_key(i: usize) -> String {
+    format!("many/{i:04}")
+}
+
+#[tokio::test]
+async fn a_range_read_in_pieces_is_one_revision_while_writes_go_on() {
+    let server = Roster::start();
+    let mut c = connect(&server).await;
+    // Loaded 100 keys a txn: revisions 2 to 22.
+    for chunk in (0..MANY).collect::<Vec<_>>().chunks(100) {
+        let puts: Vec<TxnOp> = chunk
+            .iter()
+            .map(|&i| TxnOp::put(many_key(i), "old", None))
+            .collect();
+        c.txn(Txn::new().and_then(puts)).await.unwrap();
+    }
+    let loaded = revision(&mut c).await;
+    assert_eq!(loaded, 22);
+
+    // A writer overwrites the keys from the last one down, one revision
+    // each: key i gets "new" at revision loaded + MANY - i.
+    let mut w = connect(&server).await;
+    let writer = tokio::spawn(async move {
+        for i in (0..MANY).rev() {
+            w.put(many_key(i), "new", None).await.unwrap();
+        }
+    });
+    let prefix = || Some(GetOptions::new().with_prefix());
+    let mut reads = 0;
+    let mut seen_between = 0;
+    while !writer.is_finished() || reads == 0 {
+        let resp = c.get("many/", prefix()).await.unwrap();
+        let rev = resp.header().unwrap().revision();
+        let written = (rev - loaded) as usize;
+        assert_eq!((resp.count(), resp.kvs().len()), (MANY as i64, MANY));
+        for (i, kv) in resp.kvs().iter().enumerate() {
+            assert_eq!(kv.key_str().unwrap(), many_key(i));
+            // Exactly the writes up to the header's revision.
+            let new = i >= MANY - written;
+            let want = if new { "new" } else { "old" };
+            assert_eq!(kv.value_str().unwrap(), want, "key {i} at revision {rev}");
+            assert!(kv.mod_revision() <= rev);
+        }
+        if 0 < written && written < MANY {
+            seen_between += 1;
+        }
+        reads += 1;
+    }
+    writer.await.unwrap();
+    assert!(seen_between > 0, "no read came while the writer wrote");
+
+    // Limits and counts over the whole span.
+    let limited = c
+        .get("many/", prefix().map(|o| o.with_limit(1500)))
+        .await
+        .unwrap();
+    assert_eq!(limited.kvs().len(), 1500);
+    assert_eq!((limited.more(), limited.count()), (true, MANY as i64));
+    assert_eq!(limited.kvs()[1499].key_str().unwrap(), many_key(1499));
+    let counted = c
+        .get("many/", prefix().map(|o| o.with_count_only()))
+        .await
+        .unwrap();
+    assert_eq!((counted.count(), counted.kvs().len()), (MANY as i64, 0));
+    // Read at the revision the load finished: every value the old one.
+    let then = c
+        .get("many/", prefix().map(|o| o.with_revision(loaded)))
+        .await
+        .unwrap();
+    assert_eq!(then.kvs().len(), MANY);
+    assert!(then.kvs().iter().all(|kv| kv.value() == b"old"));
+}
