@@ -37,10 +37,12 @@
 //! (it sets the writes aside first): a checkpoint takes milliseconds, most
 //! of them waiting on the disk, and holding the core through it held up
 //! every write that came meanwhile. Behind a lone writer it holds the core
-//! all the same, which measured faster (see `Shared::checkpoint`). When
-//! the write path closes, the checkpointer waits for the writer to finish
-//! what is queued and makes a last checkpoint, so the next start replays
-//! nothing.
+//! all the same, which measured faster (see `Shared::checkpoint`). Between
+//! checkpoints the same thread deletes from storage, a batch at a time,
+//! the records that compactions dropped (see `Shared::sweep`); a physical
+//! compaction is answered once they are gone. When the write path closes,
+//! the checkpointer waits for the writer to finish what is queued and
+//! makes a last checkpoint, so the next start replays nothing.
 //!
 //! A storage failure on this path is fatal: the in-memory state may be ahead
 //! of the disk, so the write path closes, every pending and later proposal
@@ -56,7 +58,7 @@ use std::time::{Duration, Instant};
 use parking_lot::{Condvar, Mutex, MutexGuard};
 use roster_proto::roster::command::Kind;
 use roster_store::wal::Wal;
-use roster_store::{Applied, Command, Store, StoreError};
+use roster_store::{Applied, Command, Store, StoreError, SWEEP_BATCH};
 use tokio::sync::{oneshot, Notify};
 
 use crate::coalesce::{Answer, Backlog};
@@ -110,6 +112,9 @@ struct Shared {
     lone: AtomicBool,
     /// Answers not yet taken by their proposers (see `crate::coalesce`).
     backlog: Backlog,
+    /// Physical compactions, answered once storage no longer holds what
+    /// they dropped (see `Shared::sweep`).
+    physical: Mutex<Vec<(Proposal, Applied)>>,
     failed: AtomicBool,
     fatal: Arc<Notify>,
     queue: Mutex<Queue>,
@@ -134,6 +139,9 @@ struct Queue {
     writer_done: bool,
     /// When the first commit since the last checkpoint was made.
     dirty_since: Option<Instant>,
+    /// A compaction dropped records that storage still holds: the
+    /// checkpointer deletes them.
+    sweep: bool,
 }
 
 struct Core {
@@ -161,6 +169,7 @@ impl Standalone {
             syncs: AtomicU64::new(0),
             lone: AtomicBool::new(false),
             backlog: Backlog::default(),
+            physical: Mutex::new(Vec::new()),
             failed: AtomicBool::new(false),
             fatal,
             queue: Mutex::new(Queue::default()),
@@ -291,32 +300,70 @@ impl Shared {
         }
     }
 
-    /// The checkpointer: checkpoints when the clock runs out, and once more
-    /// when the writer thread has finished.
+    /// The checkpointer: checkpoints when the clock runs out, deletes what
+    /// compactions dropped a batch at a time in between, and checkpoints
+    /// once more when the writer thread has finished.
     fn checkpointer(self: Arc<Self>) {
         loop {
             let mut queue = self.queue.lock();
-            loop {
+            let checkpoint = loop {
                 if queue.writer_done {
                     drop(queue);
                     return self.final_checkpoint();
                 }
                 match queue.dirty_since {
-                    Some(since) if since.elapsed() >= CHECKPOINT_EVERY => break,
+                    Some(since) if since.elapsed() >= CHECKPOINT_EVERY => break true,
+                    _ if queue.sweep => break false,
                     Some(since) => {
                         self.tick.wait_until(&mut queue, since + CHECKPOINT_EVERY);
                     }
                     None => self.tick.wait(&mut queue),
                 }
+            };
+            if checkpoint {
+                // A commit from now on starts the clock again: what it
+                // applied is in this checkpoint or the next.
+                queue.dirty_since = None;
+            } else {
+                // Set again by a compaction from now on, or by this sweep
+                // if it leaves some for later.
+                queue.sweep = false;
             }
-            // A commit from now on starts the clock again: what it applied
-            // is in this checkpoint or the next.
-            queue.dirty_since = None;
             drop(queue);
-            if let Err(e) = self.checkpoint() {
+            let done = if checkpoint {
+                self.checkpoint()
+            } else {
+                self.sweep()
+            };
+            if let Err(e) = done {
                 return self.fail(&mut Vec::new(), e);
             }
         }
+    }
+
+    /// Deletes a batch of what compactions dropped from storage, and
+    /// answers the physical compactions that waited for it once none is
+    /// left. Done here rather than on the write path: deleting the 200k
+    /// records of one compaction took 420 ms, and every write waited that
+    /// long. Checkpoints, due every 100 ms, come between batches.
+    fn sweep(&self) -> Result<(), StoreError> {
+        // Their records were all dropped before they were queued.
+        let waiting = std::mem::take(&mut *self.physical.lock());
+        let swept = self.store.sweep_compacted(SWEEP_BATCH)?;
+        if swept.left == 0 {
+            for (p, applied) in waiting {
+                let _ = p.done.send((Ok(applied), Some(self.backlog.answer())));
+            }
+            return Ok(());
+        }
+        self.physical.lock().extend(waiting);
+        // What is left only because a checkpoint holds it cannot be: this
+        // thread makes the checkpoints. Settling nothing, stop rather than
+        // spin; the next compaction or the last checkpoint goes on.
+        if swept.settled > 0 {
+            self.queue.lock().sweep = true;
+        }
+        Ok(())
     }
 
     /// Makes `batch` durable, applies it, publishes it and answers its
@@ -343,28 +390,29 @@ impl Shared {
         // Watchers hear of a write before its writer is answered, so a
         // watch created before a put always sees the put.
         (core.on_commit)(&results, self.store.revision());
-        // Physical compactions answer only once storage is cleaned.
-        let mut after_cleanup = Vec::new();
+        // What a compaction dropped is deleted from storage by the
+        // checkpointer, a batch at a time; a physical compaction is
+        // answered once that is done.
+        let mut compacted = false;
+        let mut physical = Vec::new();
         for ((p, applied), (_, cmd)) in batch.drain(..).zip(results).zip(&commands) {
-            match &cmd.kind {
-                Some(Kind::Compact(c)) if c.physical && applied.response.is_ok() => {
-                    after_cleanup.push((p, applied))
-                }
-                _ => {
-                    let _ = p.done.send((Ok(applied), Some(self.backlog.answer())));
+            if let (Some(Kind::Compact(c)), Ok(_)) = (&cmd.kind, &applied.response) {
+                compacted = true;
+                if c.physical {
+                    physical.push((p, applied));
+                    continue;
                 }
             }
-        }
-        if let Err(e) = self.store.finish_compaction() {
-            tracing::error!(error = %e, "removing compacted revisions failed");
-        }
-        for (p, applied) in after_cleanup {
             let _ = p.done.send((Ok(applied), Some(self.backlog.answer())));
         }
+        // Before the sweep is asked for, so that it finds them.
+        self.physical.lock().extend(physical);
         // Start the checkpoint clock, or make the checkpoint due now when
         // enough is pending; the writer thread keeps the clock.
         let full = self.store.pending_records() >= CHECKPOINT_RECORDS;
         let mut queue = self.queue.lock();
+        let mut tick = compacted;
+        queue.sweep |= compacted;
         if queue.dirty_since.is_none() || full {
             let now = Instant::now();
             let since = if full {
@@ -373,6 +421,9 @@ impl Shared {
                 now
             };
             queue.dirty_since = Some(since);
+            tick = true;
+        }
+        if tick {
             self.tick.notify_one();
         }
     }
@@ -391,8 +442,6 @@ impl Shared {
         let held = self.lone.load(Ordering::Relaxed).then(|| self.core.lock());
         let upto = self.store.checkpoint()?;
         tracing::debug!(upto, took = ?started.elapsed(), "checkpoint");
-        // Records of a compaction that the checkpoint held are in redb now.
-        self.store.finish_compaction()?;
         match held {
             Some(mut core) => core.wal.release(upto),
             None => self.core.lock().wal.release(upto),
@@ -406,6 +455,20 @@ impl Shared {
         }
         if let Err(e) = self.checkpoint() {
             tracing::error!(error = %e, "final checkpoint failed; the log will be replayed");
+        }
+        // What compactions dropped would be found and deleted at the next
+        // start, but a physical compaction waits for it now.
+        let waiting = std::mem::take(&mut *self.physical.lock());
+        let outcome = self.store.finish_compaction();
+        for (p, applied) in waiting {
+            let answer = match &outcome {
+                Ok(()) => (Ok(applied), Some(self.backlog.answer())),
+                Err(_) => (Err(ServerError::Stopped), None),
+            };
+            let _ = p.done.send(answer);
+        }
+        if let Err(e) = outcome {
+            tracing::error!(error = %e, "deleting compacted revisions failed; redone at the next start");
         }
     }
 
@@ -428,6 +491,8 @@ impl Shared {
         drop(queue);
         self.wake.notify_one();
         answer_stopped(pending);
+        let physical = std::mem::take(&mut *self.physical.lock());
+        answer_stopped(physical.into_iter().map(|(p, _)| p));
     }
 }
 

@@ -46,4 +46,4 @@ pub mod wal;
 pub use error::StoreError;
 pub use index::Revision;
 pub use roster_proto::roster::{command::Kind as CommandKind, Command};
-pub use store::{Applied, CommandResponse, RangeScan, Store};
+pub use store::{Applied, CommandResponse, RangeScan, Store, Swept, SWEEP_BATCH};
