@@ -352,7 +352,7 @@ impl Shared {
         let swept = self.store.sweep_compacted(SWEEP_BATCH)?;
         if swept.left == 0 {
             for (p, applied) in waiting {
-                let _ = p.done.send((Ok(applied), Some(self.backlog.answer())));
+                self.answer(p, applied);
             }
             return Ok(());
         }
@@ -403,7 +403,7 @@ impl Shared {
                     continue;
                 }
             }
-            let _ = p.done.send((Ok(applied), Some(self.backlog.answer())));
+            self.answer(p, applied);
         }
         // Before the sweep is asked for, so that it finds them.
         self.physical.lock().extend(physical);
@@ -461,15 +461,19 @@ impl Shared {
         let waiting = std::mem::take(&mut *self.physical.lock());
         let outcome = self.store.finish_compaction();
         for (p, applied) in waiting {
-            let answer = match &outcome {
-                Ok(()) => (Ok(applied), Some(self.backlog.answer())),
-                Err(_) => (Err(ServerError::Stopped), None),
-            };
-            let _ = p.done.send(answer);
+            match &outcome {
+                Ok(()) => self.answer(p, applied),
+                Err(_) => answer_stopped([p]),
+            }
         }
         if let Err(e) = outcome {
             tracing::error!(error = %e, "deleting compacted revisions failed; redone at the next start");
         }
+    }
+
+    /// Answers `p` with what applying it did.
+    fn answer(&self, p: Proposal, applied: Applied) {
+        let _ = p.done.send((Ok(applied), Some(self.backlog.answer())));
     }
 
     /// Closes the write path: the writer finishes what is queued and exits.

@@ -88,6 +88,16 @@ impl Pending {
     }
 }
 
+/// The encoded record at `rev` if memory holds it: pending, or frozen for
+/// a checkpoint. Otherwise it is in redb.
+pub fn held<'a>(
+    pending: &'a Pending,
+    frozen: Option<&'a Pending>,
+    rev: Revision,
+) -> Option<&'a [u8]> {
+    pending.record(rev).or_else(|| frozen?.record(rev))
+}
+
 /// Pending records over the frozen ones over redb's, for readers.
 pub struct Layered<'a, T> {
     /// Checked first.
@@ -100,11 +110,7 @@ pub struct Layered<'a, T> {
 
 impl<T: Records> Records for Layered<'_, T> {
     fn record(&self, rev: Revision) -> Result<KeyValue, StoreError> {
-        let held = self
-            .pending
-            .record(rev)
-            .or_else(|| self.frozen.and_then(|f| f.record(rev)));
-        match held {
+        match held(self.pending, self.frozen, rev) {
             Some(bytes) => Ok(decode(bytes)?.0),
             None => self.stored.record(rev),
         }

@@ -39,6 +39,7 @@ use super::{Frozen, State, Store};
 use crate::backend::{decode, Records, KV};
 use crate::error::StoreError;
 use crate::index::{KeyRange, Revision};
+use crate::pending::held;
 use crate::read::{check_revision, key_value, RangeRules};
 
 /// Index entries a range walks per hold of the state lock: with the
@@ -192,7 +193,7 @@ impl Walk<'_> {
             let held = self
                 .rules
                 .with_value
-                .then(|| st.pending.record(v.rev).or_else(|| frozen?.record(v.rev)));
+                .then(|| held(&st.pending, frozen, v.rev));
             let value = match held {
                 None => Vec::new(),
                 Some(Some(bytes)) => decode(bytes)?.0.value,
