@@ -116,21 +116,11 @@ impl KeyIndex {
                     .and_then(|(k, vs)| visible(vs, at).map(|v| (k.as_slice(), v)))
                     .into_iter(),
             ),
-            KeyRange::Span(start, end) => {
-                let upper = match end {
-                    // BTreeMap::range panics on an inverted range; etcd answers
-                    // an inverted range with nothing.
-                    Some(e) if e <= start => return Box::new(std::iter::empty()),
-                    Some(e) => Bound::Excluded(e.as_slice()),
-                    None => Bound::Unbounded,
-                };
-                let bounds = (Bound::Included(start.as_slice()), upper);
-                Box::new(
-                    self.keys
-                        .range::<[u8], _>(bounds)
-                        .filter_map(move |(k, vs)| visible(vs, at).map(|v| (k.as_slice(), v))),
-                )
-            }
+            // etcd answers an inverted range with nothing, as `scan` does.
+            KeyRange::Span(start, end) => Box::new(
+                self.scan(Bound::Included(start.as_slice()), end.as_deref(), at)
+                    .filter_map(|(k, v)| Some((k, v?))),
+            ),
         }
     }
 
