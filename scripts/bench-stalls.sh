@@ -3,11 +3,12 @@
 # a second for 8 s while something heavy runs beside it, and the put
 # latencies are printed per server and round, alternating etcd and roster.
 #
-#   scripts/bench-stalls.sh [--scenario reads|compactions|all] [--rounds N] [--no-build]
+#   scripts/bench-stalls.sh [--scenario reads|txns|compactions|all] [--rounds N] [--no-build]
 #
 # reads:        etcdctl reads all of 100k keys (256-byte values, a 25 MB
 #               answer) about three times a second. A registry's discovery
 #               clients list whole prefixes.
+# txns:         the same read as the one op of a txn (`etcdctl txn`).
 # compactions:  over 300k versions of 100k keys, compact to the newest
 #               revision (dropping 200k), write 100k new versions, again.
 #
@@ -23,13 +24,13 @@ while (($#)); do
     --scenario) scenario="$2"; shift ;;
     --rounds) rounds="$2"; shift ;;
     --no-build) build=0 ;;
-    *) echo "usage: $0 [--scenario reads|compactions|all] [--rounds N] [--no-build]" >&2; exit 2 ;;
+    *) echo "usage: $0 [--scenario reads|txns|compactions|all] [--rounds N] [--no-build]" >&2; exit 2 ;;
   esac
   shift
 done
 case "$scenario" in
-  all) scenarios="reads compactions" ;;
-  reads | compactions) scenarios="$scenario" ;;
+  all) scenarios="reads txns compactions" ;;
+  reads | txns | compactions) scenarios="$scenario" ;;
   *) echo "unknown scenario $scenario" >&2; exit 2 ;;
 esac
 
@@ -95,6 +96,11 @@ heavy() {
   case "$1" in
     reads)
       ETCDCTL_API=3 etcdctl --endpoints "$ep" get --prefix /bench/ >/dev/null
+      ;;
+    txns)
+      # No compares; on success, get [/bench/, /bench0): the prefix.
+      printf '\nget /bench/ /bench0\n\n\n' |
+        ETCDCTL_API=3 etcdctl --endpoints "$ep" txn >/dev/null
       ;;
     compactions)
       local rev

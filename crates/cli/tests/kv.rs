@@ -1228,7 +1228,7 @@ fn many_key(i: usize) -> String {
 }
 
 #[tokio::test]
-async fn a_range_read_in_pieces_is_one_revision_while_writes_go_on() {
+async fn ranges_and_read_only_txns_in_pieces_are_one_revision_while_writes_go_on() {
     let server = Roster::start();
     let mut c = connect(&server).await;
     // Loaded 100 keys a txn: revisions 2 to 22.
@@ -1253,18 +1253,43 @@ async fn a_range_read_in_pieces_is_one_revision_while_writes_go_on() {
     let prefix = || Some(GetOptions::new().with_prefix());
     let mut reads = 0;
     let mut seen_between = 0;
-    while !writer.is_finished() || reads == 0 {
-        let resp = c.get("many/", prefix()).await.unwrap();
-        let rev = resp.header().unwrap().revision();
+    // A txn that only reads is read in pieces too, every range of it at
+    // the txn's revision: the whole span, the last key, the span again.
+    let both = Txn::new().and_then(vec![
+        TxnOp::get("many/", prefix()),
+        TxnOp::get(many_key(MANY - 1), None),
+        TxnOp::get("many/", prefix()),
+    ]);
+    while !writer.is_finished() || reads < 2 {
+        let (rev, gets) = if reads % 2 == 0 {
+            let resp = c.get("many/", prefix()).await.unwrap();
+            (resp.header().unwrap().revision(), vec![resp])
+        } else {
+            let resp = c.txn(both.clone()).await.unwrap();
+            let gets = resp.op_responses().into_iter().map(|op| match op {
+                TxnOpResponse::Get(get) => get,
+                other => panic!("not a get: {other:?}"),
+            });
+            (resp.header().unwrap().revision(), gets.collect())
+        };
         let written = (rev - loaded) as usize;
-        assert_eq!((resp.count(), resp.kvs().len()), (MANY as i64, MANY));
-        for (i, kv) in resp.kvs().iter().enumerate() {
-            assert_eq!(kv.key_str().unwrap(), many_key(i));
-            // Exactly the writes up to the header's revision.
-            let new = i >= MANY - written;
-            let want = if new { "new" } else { "old" };
-            assert_eq!(kv.value_str().unwrap(), want, "key {i} at revision {rev}");
-            assert!(kv.mod_revision() <= rev);
+        // Exactly the writes up to the header's revision.
+        let want = |i: usize| if i >= MANY - written { "new" } else { "old" };
+        let whole = gets.iter().step_by(2);
+        for resp in whole {
+            assert_eq!((resp.count(), resp.kvs().len()), (MANY as i64, MANY));
+            for (i, kv) in resp.kvs().iter().enumerate() {
+                assert_eq!(kv.key_str().unwrap(), many_key(i));
+                assert_eq!(
+                    kv.value_str().unwrap(),
+                    want(i),
+                    "key {i} at revision {rev}"
+                );
+                assert!(kv.mod_revision() <= rev);
+            }
+        }
+        if let Some(last) = gets.get(1) {
+            assert_eq!(last.kvs()[0].value_str().unwrap(), want(MANY - 1));
         }
         if 0 < written && written < MANY {
             seen_between += 1;

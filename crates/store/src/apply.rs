@@ -16,8 +16,8 @@ use roster_proto::etcdserverpb::{
     range_request::SortOrder, range_request::SortTarget, request_op, response_op,
     CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse,
     LeaseCheckpointRequest, LeaseCheckpointResponse, LeaseGrantRequest, LeaseGrantResponse,
-    LeaseRevokeRequest, LeaseRevokeResponse, PutRequest, PutResponse, RangeRequest, ResponseHeader,
-    ResponseOp, TxnRequest, TxnResponse,
+    LeaseRevokeRequest, LeaseRevokeResponse, PutRequest, PutResponse, RangeRequest, RequestOp,
+    ResponseHeader, ResponseOp, TxnRequest, TxnResponse,
 };
 use roster_proto::mvccpb::{event::EventType, Event, KeyValue};
 
@@ -374,10 +374,17 @@ pub fn is_read_only(t: &TxnRequest) -> bool {
 
 /// Evaluates a read-only txn (see [`is_read_only`]) against a view.
 pub fn read_txn(view: &View<'_>, t: &TxnRequest) -> Result<TxnResponse, StoreError> {
-    let mut path = Vec::new();
-    decide_path(view, t, &mut path)?;
-    check_path(view, t, &path, &mut 0, Check::Ranges)?;
-    let ops = if path[0] { &t.success } else { &t.failure };
+    let (succeeded, ops) = read_txn_branch(view, t)?;
+    read_txn_ops(view, succeeded, ops)
+}
+
+/// Answers the ranges `ops` of a read-only txn's branch, decided as
+/// `succeeded`, in one walk each.
+pub(crate) fn read_txn_ops(
+    view: &View<'_>,
+    succeeded: bool,
+    ops: &[RequestOp],
+) -> Result<TxnResponse, StoreError> {
     let mut responses = Vec::with_capacity(ops.len());
     for op in ops {
         if let Some(request_op::Request::RequestRange(r)) = &op.request {
@@ -390,9 +397,21 @@ pub fn read_txn(view: &View<'_>, t: &TxnRequest) -> Result<TxnResponse, StoreErr
             revision: view.rev,
             ..Default::default()
         }),
-        succeeded: path[0],
+        succeeded,
         responses,
     })
+}
+
+/// Decides a read-only txn's compares and checks its ranges: whether it
+/// succeeded, and the ops of the branch it takes.
+pub(crate) fn read_txn_branch<'t>(
+    view: &View<'_>,
+    t: &'t TxnRequest,
+) -> Result<(bool, &'t [RequestOp]), StoreError> {
+    let mut path = Vec::new();
+    decide_path(view, t, &mut path)?;
+    check_path(view, t, &path, &mut 0, Check::Ranges)?;
+    Ok((path[0], if path[0] { &t.success } else { &t.failure }))
 }
 
 /// Decides every compare along the chosen path, depth first, before any op

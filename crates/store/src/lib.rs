@@ -18,7 +18,8 @@
 //! redb receives the pending writes at the next checkpoint
 //! ([`Store::apply_logged`], [`Store::checkpoint`]); readers see a revision
 //! only once the batch holding it is durable. Reads ([`Store::range`], [`Store::txn_read`])
-//! never wait for an fsync: they hold the index lock only while they evaluate.
+//! never wait for an fsync, and hold the index lock only while they walk the
+//! index, a piece at a time when they are long (`store::scan`).
 //!
 //! What lives where:
 //! - [`index`]: the in-memory key index, key → list of versions, rebuilt from
@@ -46,4 +47,4 @@ pub mod wal;
 pub use error::StoreError;
 pub use index::Revision;
 pub use roster_proto::roster::{command::Kind as CommandKind, Command};
-pub use store::{Applied, CommandResponse, RangeScan, Store, Swept, SWEEP_BATCH};
+pub use store::{Applied, CommandResponse, RangeScan, Store, Swept, TxnScan, SWEEP_BATCH};

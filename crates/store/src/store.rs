@@ -35,13 +35,13 @@ mod scan;
 use checkpoint::Frozen;
 use roster_proto::etcdserverpb::{
     CompactionResponse, DeleteRangeResponse, LeaseCheckpointResponse, LeaseGrantResponse,
-    LeaseRevokeResponse, PutResponse, TxnRequest, TxnResponse,
+    LeaseRevokeResponse, PutResponse, TxnResponse,
 };
 use roster_proto::mvccpb::{event::EventType, Event, KeyValue};
 use roster_proto::roster::{command::Kind, Command};
-pub use scan::RangeScan;
+pub use scan::{RangeScan, TxnScan};
 
-use crate::apply::{read_txn, WriteTxn};
+use crate::apply::WriteTxn;
 use crate::backend::{
     decode, LazyKv, KV, META, META_APPLIED_INDEX, META_COMPACT_REV, META_CURRENT_REV,
 };
@@ -442,12 +442,6 @@ impl Store {
             records: &records,
         };
         f(&view)
-    }
-
-    /// Answers a txn that only reads (see [`crate::apply::is_read_only`])
-    /// without going through the write path.
-    pub fn txn_read(&self, t: &TxnRequest) -> Result<TxnResponse, StoreError> {
-        self.with_view(|v| read_txn(v, t))
     }
 
     /// The lease `id`: granted TTL, checkpointed remaining TTL and keys.

@@ -15,7 +15,7 @@ use roster_proto::etcdserverpb::{
     PutResponse, RangeRequest, RangeResponse, TxnRequest, TxnResponse,
 };
 use roster_store::apply::is_read_only;
-use roster_store::{CommandKind, CommandResponse};
+use roster_store::{CommandKind, CommandResponse, StoreError};
 use tonic::body::Body;
 use tonic::codegen::{http, BoxFuture, Service};
 use tonic::server::NamedService;
@@ -42,18 +42,30 @@ impl KvService {
         self.node.propose(kind).await
     }
 
-    /// Reads `r` a piece at a time, and lets the worker run other tasks
-    /// between pieces: a range over 100k keys takes about 200 ms, and puts
-    /// waiting on the same worker meanwhile waited up to 270 ms (see
-    /// `roster_store`'s `store::scan`).
+    /// Reads `r` a piece at a time (see `roster_store`'s `store::scan`).
     async fn read_range(&self, r: &RangeRequest) -> Result<RangeResponse, ServerError> {
         let mut scan = self.node.store.range_scan(r)?;
-        loop {
-            if let Some(resp) = scan.step()? {
-                return Ok(resp);
-            }
-            tokio::task::yield_now().await;
+        in_pieces(|| scan.step()).await
+    }
+
+    /// Reads a txn whose ops are all ranges a piece at a time.
+    async fn read_txn(&self, t: &TxnRequest) -> Result<TxnResponse, ServerError> {
+        let mut scan = self.node.store.txn_scan(t)?;
+        in_pieces(|| scan.step()).await
+    }
+}
+
+/// Runs `step` until it answers, letting the worker run other tasks
+/// between steps: a range over 100k keys takes about 200 ms, and puts
+/// waiting on the same worker meanwhile waited up to 270 ms.
+async fn in_pieces<T>(
+    mut step: impl FnMut() -> Result<Option<T>, StoreError>,
+) -> Result<T, ServerError> {
+    loop {
+        if let Some(answer) = step()? {
+            return Ok(answer);
         }
+        tokio::task::yield_now().await;
     }
 }
 
@@ -119,7 +131,7 @@ impl Kv for KvService {
                 // Like etcd, only what enters the log is held to the size
                 // limit; a txn that can only read never does.
                 let mut resp = if is_read_only(&r) {
-                    self.node.store.txn_read(&r)?
+                    self.read_txn(&r).await?
                 } else {
                     self.node.check_size(&r)?;
                     expect_response!(self.write(CommandKind::Txn(r)).await?, Txn)

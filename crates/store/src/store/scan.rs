@@ -26,6 +26,8 @@
 //! the read's revision between pieces, the range is read again in one go
 //! under the lock, as a single key always is: at the revision it asked
 //! for (then refused as compacted) or at the newest.
+//!
+//! A txn that only reads walks its ranges the same way ([`txn`]).
 
 use std::ops::Bound;
 use std::sync::atomic::Ordering;
@@ -67,25 +69,12 @@ impl Store {
                 walk: None,
             });
         }
-        let KeyRange::Span(start, end) = KeyRange::new(&r.key, &r.range_end) else {
-            unreachable!("a range end makes a span");
-        };
         let st = self.state.read();
         let rev = self.published.load(Ordering::Acquire);
-        let rules = RangeRules::new(r, check_revision(rev, st.compact_rev, r.revision)?)?;
         Ok(RangeScan {
             store: self,
             r,
-            walk: Some(Walk {
-                rules,
-                rev,
-                start,
-                end,
-                after: None,
-                count: 0,
-                kvs: Vec::new(),
-                stored: Vec::new(),
-            }),
+            walk: Some(Walk::new(r, rev, st.compact_rev)?),
         })
     }
 }
@@ -99,7 +88,29 @@ pub struct RangeScan<'a> {
     walk: Option<Walk<'a>>,
 }
 
-/// Where a walk over a span stands.
+impl RangeScan<'_> {
+    /// Answers the next piece: the response once it is whole.
+    pub fn step(&mut self) -> Result<Option<RangeResponse>, StoreError> {
+        if let Some(walk) = &mut self.walk {
+            match walk.step(self.store)? {
+                Step::Walked(response) => return Ok(response),
+                Step::Overtaken => self.walk = None,
+            }
+        }
+        self.store.with_view(|v| v.range(self.r)).map(Some)
+    }
+}
+
+/// What one piece of a walk came to.
+enum Step<T> {
+    /// The piece was read: the response, if it was the last.
+    Walked(Option<T>),
+    /// A compaction passed the walk's revision: what it saw may be gone
+    /// from the index, and the request is to be read again in one go.
+    Overtaken,
+}
+
+/// Where a walk over the keys of one Range request stands.
 struct Walk<'a> {
     rules: RangeRules<'a>,
     /// The published revision when the walk began, for the header.
@@ -114,61 +125,76 @@ struct Walk<'a> {
     stored: Vec<(usize, Revision)>,
 }
 
-impl RangeScan<'_> {
-    /// Answers the next piece: the response once it is whole.
-    pub fn step(&mut self) -> Result<Option<RangeResponse>, StoreError> {
-        let Some(tx) = self.walk_piece()? else {
-            return self.store.with_view(|v| v.range(self.r)).map(Some);
+impl<'a> Walk<'a> {
+    /// A walk of `r` in a store published at `rev` and compacted to
+    /// `compact_rev`; refused as a one-walk read of `r` would be.
+    fn new(r: &'a RangeRequest, rev: i64, compact_rev: i64) -> Result<Self, StoreError> {
+        let (start, end) = match KeyRange::new(&r.key, &r.range_end) {
+            KeyRange::Span(start, end) => (start, end),
+            // One key: the span from it to the key just after it.
+            KeyRange::Single(key) => {
+                let mut end = key.clone();
+                end.push(0);
+                (key, Some(end))
+            }
+        };
+        Ok(Walk {
+            rules: RangeRules::new(r, check_revision(rev, compact_rev, r.revision)?)?,
+            rev,
+            start,
+            end,
+            after: None,
+            count: 0,
+            kvs: Vec::new(),
+            stored: Vec::new(),
+        })
+    }
+
+    /// Walks and reads the next piece.
+    fn step(&mut self, store: &Store) -> Result<Step<RangeResponse>, StoreError> {
+        let Some(tx) = self.walk_piece(store)? else {
+            return Ok(Step::Overtaken);
         };
         self.read_stored(&tx)?;
-        Ok(self.answer())
+        Ok(Step::Walked(self.answer()))
     }
 
     /// The response, once the walk has reached the end of the span.
     fn answer(&mut self) -> Option<RangeResponse> {
-        let walk = self.walk.as_mut().expect("walked");
-        if walk.after.is_some() {
+        if self.after.is_some() {
             return None;
         }
-        let kvs = std::mem::take(&mut walk.kvs);
-        Some(walk.rules.respond(walk.rev, walk.count, kvs))
+        let kvs = std::mem::take(&mut self.kvs);
+        Some(self.rules.respond(self.rev, self.count, kvs))
     }
 
     /// Walks the next piece under the lock, and returns the transaction
-    /// its stored values are to be read from; `None` when the request is
-    /// to be read in one walk instead.
-    fn walk_piece(&mut self) -> Result<Option<ReadTransaction>, StoreError> {
-        let Some(walk) = &mut self.walk else {
-            return Ok(None);
-        };
-        let st = self.store.state.read();
-        if st.compact_rev > walk.rules.at {
-            // What the walk saw may be gone from the index: start again.
-            self.walk = None;
+    /// its stored values are to be read from; `None` when a compaction
+    /// passed the walk's revision.
+    fn walk_piece(&mut self, store: &Store) -> Result<Option<ReadTransaction>, StoreError> {
+        let st = store.state.read();
+        if st.compact_rev > self.rules.at {
             return Ok(None);
         }
         // Opened under the lock: it holds what memory does not.
-        let tx = self.store.db.begin_read()?;
-        walk.piece(&st, self.store.scan_chunk)?;
+        let tx = store.db.begin_read()?;
+        self.piece(&st, store.scan_chunk)?;
         Ok(Some(tx))
     }
 
     /// Reads from `tx` the values of the last piece that memory did not
     /// hold, with no lock held.
     fn read_stored(&mut self, tx: &ReadTransaction) -> Result<(), StoreError> {
-        let walk = self.walk.as_mut().expect("walked");
-        if walk.stored.is_empty() {
+        if self.stored.is_empty() {
             return Ok(());
         }
         let table = tx.open_table(KV)?;
-        for (i, rev) in walk.stored.drain(..) {
-            walk.kvs[i].value = table.record(rev)?.value;
+        for (i, rev) in self.stored.drain(..) {
+            self.kvs[i].value = table.record(rev)?.value;
         }
         Ok(())
     }
-}
 
-impl Walk<'_> {
     /// Walks up to `chunk` index entries after the last one walked.
     fn piece(&mut self, st: &RwLockReadGuard<'_, State>, chunk: usize) -> Result<(), StoreError> {
         let frozen = st.frozen.as_deref().map(Frozen::writes);
@@ -208,6 +234,10 @@ impl Walk<'_> {
         Ok(())
     }
 }
+
+mod txn;
+
+pub use txn::TxnScan;
 
 #[cfg(test)]
 mod tests;

@@ -2,11 +2,16 @@ use std::cell::Cell;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
+use roster_proto::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
 use roster_proto::etcdserverpb::range_request::{SortOrder, SortTarget};
-use roster_proto::etcdserverpb::{CompactionRequest, DeleteRangeRequest, PutRequest};
+use roster_proto::etcdserverpb::{
+    request_op, response_op, CompactionRequest, Compare, DeleteRangeRequest, PutRequest, RequestOp,
+    TxnRequest, TxnResponse,
+};
 use roster_proto::roster::{command::Kind, Command};
 
 use super::*;
+use crate::apply::read_txn;
 
 /// Keys walked per piece in these tests: many pieces for a few keys.
 const CHUNK: usize = 3;
@@ -84,14 +89,17 @@ fn span(start: &[u8], end: &[u8]) -> RangeRequest {
 /// before it reads its values from storage.
 fn in_pieces(store: &Store, r: &RangeRequest, mut between: impl FnMut()) -> RangeResponse {
     let mut scan = store.range_scan(r).unwrap();
-    assert!(scan.walk.is_some(), "not a span: {r:?}");
+    let walk = scan.walk.as_mut().expect("a span");
     loop {
-        let tx = scan.walk_piece().unwrap().expect("read without a restart");
-        if scan.walk.as_ref().unwrap().after.is_some() {
+        let tx = walk
+            .walk_piece(store)
+            .unwrap()
+            .expect("read without a restart");
+        if walk.after.is_some() {
             between();
         }
-        scan.read_stored(&tx).unwrap();
-        if let Some(response) = scan.answer() {
+        walk.read_stored(&tx).unwrap();
+        if let Some(response) = walk.answer() {
             return response;
         }
     }
@@ -181,12 +189,14 @@ fn pieces_answer_as_one_walk() {
         assert_eq!(f.store.range(&r).unwrap(), one_walk, "{r:?}");
         layouts += 1;
     }
+    txns_answer_as_one_read(&f.store, old);
     f.store.write_out(&frozen).unwrap();
     drop(one_generation);
     for r in requests(old) {
         let one_walk = f.store.with_view(|v| v.range(&r)).unwrap();
         assert_eq!(in_pieces(&f.store, &r, || ()), one_walk, "{r:?}");
     }
+    txns_answer_as_one_read(&f.store, old);
     // The requests found something to tell apart.
     let all = f.store.range(&span(&[0], &[0])).unwrap();
     assert_eq!(all.count, 29);
@@ -237,7 +247,8 @@ fn compaction_past_the_read_starts_it_again() {
     f.store.checkpoint().unwrap();
     let r = span(&[0], &[0]);
     let mut scan = f.store.range_scan(&r).unwrap();
-    let tx = scan.walk_piece().unwrap().expect("a walk");
+    let walk = scan.walk.as_mut().expect("a span");
+    let tx = walk.walk_piece(&f.store).unwrap().expect("a walk");
     // New versions of the first piece's keys, and a compaction that drops
     // the ones it saw, from the index and from redb.
     for i in 0..CHUNK as u64 {
@@ -246,9 +257,9 @@ fn compaction_past_the_read_starts_it_again() {
     assert!(f.apply(compact(f.store.revision())));
     f.store.finish_compaction().unwrap();
     // The piece still reads its values, from its own snapshot.
-    scan.read_stored(&tx).unwrap();
-    assert!(scan.answer().is_none());
-    let kvs = &scan.walk.as_ref().unwrap().kvs;
+    walk.read_stored(&tx).unwrap();
+    assert!(walk.answer().is_none());
+    let kvs = &walk.kvs;
     assert_eq!(kvs.len(), CHUNK);
     assert!(kvs.iter().all(|kv| kv.value == b"before"), "{kvs:?}");
     // The next step finds the compaction and reads again, at the newest.
@@ -289,11 +300,29 @@ fn pieces_beside_writes_compactions_and_checkpoints() {
         let (store, done) = (store.clone(), done.clone());
         std::thread::spawn(move || {
             let mut reads = 0;
+            let all = span(&[0], &[0]);
+            let twice = txn(vec![], vec![get(&all), get(&span(b"k1", b"k2"))], vec![]);
             while !done.load(Ordering::Relaxed) {
-                let read = store.range(&span(&[0], &[0])).unwrap();
-                let rev = read.header.unwrap().revision;
+                // A range, or one of the ranges of a txn, which must be at
+                // the txn's revision.
+                let (read, rev) = if reads % 2 == 0 {
+                    let read = store.range(&all).unwrap();
+                    let rev = read.header.unwrap().revision;
+                    (read, rev)
+                } else {
+                    let answer = store.txn_read(&twice).unwrap();
+                    let ranges = ranges(&answer);
+                    assert!(ranges
+                        .iter()
+                        .all(|r| r.header.unwrap().revision == ranges[0].header.unwrap().revision));
+                    let rev = answer.header.unwrap().revision;
+                    (ranges[(reads / 2) % 2].clone(), rev)
+                };
+                assert_eq!(read.header.unwrap().revision, rev);
+                let k1 = |k: &u64| reads % 4 != 3 || key(*k).starts_with(b"k1");
                 let newest_put = rev as u64 - 1;
                 let want: Vec<(Vec<u8>, u64)> = (0..KEYS)
+                    .filter(k1)
                     .filter_map(|k| {
                         let last = (1..=newest_put).rev().find(|i| i % KEYS == k)?;
                         Some((key(k), last))
@@ -335,4 +364,178 @@ fn pieces_beside_writes_compactions_and_checkpoints() {
     done.store(true, Ordering::Relaxed);
     checkpointer.join().unwrap();
     assert!(reader.join().unwrap() > 0);
+}
+
+fn get(r: &RangeRequest) -> RequestOp {
+    RequestOp {
+        request: Some(request_op::Request::RequestRange(r.clone())),
+    }
+}
+
+fn txn(compare: Vec<Compare>, success: Vec<RequestOp>, failure: Vec<RequestOp>) -> TxnRequest {
+    TxnRequest {
+        compare,
+        success,
+        failure,
+    }
+}
+
+/// Holds when `key(k)` was last written at `rev`.
+fn modified_at(k: u64, rev: i64) -> Compare {
+    Compare {
+        key: key(k),
+        target: CompareTarget::Mod as i32,
+        result: CompareResult::Equal as i32,
+        target_union: Some(TargetUnion::ModRevision(rev)),
+        ..Default::default()
+    }
+}
+
+/// The range answers of a read-only txn.
+fn ranges(t: &TxnResponse) -> Vec<RangeResponse> {
+    t.responses
+        .iter()
+        .map(|op| match &op.response {
+            Some(response_op::Response::ResponseRange(r)) => r.clone(),
+            other => panic!("not a range: {other:?}"),
+        })
+        .collect()
+}
+
+/// Reads `t` step by step, calling `between` after every step but the
+/// last, and returns its answer and how many steps it took.
+fn txn_in_pieces(store: &Store, t: &TxnRequest, mut between: impl FnMut()) -> (TxnResponse, usize) {
+    let mut scan = store.txn_scan(t).unwrap();
+    let mut steps = 1;
+    loop {
+        if let Some(answer) = scan.step().unwrap() {
+            return (answer, steps);
+        }
+        between();
+        steps += 1;
+    }
+}
+
+/// Txns whose branch reads spans answer in many steps what one read under
+/// the lock answers; txns that read only single keys, or nothing, answer
+/// in one step.
+fn txns_answer_as_one_read(store: &Store, old: i64) {
+    let spans: Vec<RequestOp> = requests(old).iter().map(get).collect();
+    let single = get(&RangeRequest {
+        key: key(2),
+        ..Default::default()
+    });
+    let holds = Compare {
+        key: key(0),
+        target: CompareTarget::Version as i32,
+        result: CompareResult::Greater as i32,
+        target_union: Some(TargetUnion::Version(0)),
+        ..Default::default()
+    };
+    let fails = modified_at(0, 1);
+    let mixed = vec![spans[1].clone(), single.clone(), spans[3].clone()];
+    let in_pieces = [
+        txn(vec![holds.clone()], spans.clone(), vec![single.clone()]),
+        txn(vec![fails.clone()], vec![single.clone()], spans.clone()),
+        txn(vec![], mixed.clone(), vec![]),
+        txn(vec![holds.clone(), fails.clone()], vec![], mixed),
+    ];
+    let in_one = [
+        txn(
+            vec![holds.clone()],
+            vec![single.clone(), single.clone()],
+            spans.clone(),
+        ),
+        txn(vec![fails], spans, vec![]),
+        txn(vec![holds], vec![], vec![]),
+    ];
+    for (t, many) in in_pieces
+        .iter()
+        .map(|t| (t, true))
+        .chain(in_one.iter().map(|t| (t, false)))
+    {
+        let one_read = store.with_view(|v| read_txn(v, t)).unwrap();
+        let (answer, steps) = txn_in_pieces(store, t, || ());
+        assert_eq!(answer, one_read, "{t:?}");
+        assert_eq!(steps > 1, many, "{steps} steps: {t:?}");
+        assert_eq!(store.txn_read(t).unwrap(), one_read);
+    }
+}
+
+/// Every range of a txn read in pieces is the store at the txn's revision,
+/// though writes go on between the pieces.
+#[test]
+fn a_txn_in_pieces_reads_one_revision() {
+    let f = Fixture::new();
+    for i in 0..20 {
+        f.apply(put(i, "before"));
+    }
+    let at = f.store.revision();
+    let all = span(&[0], &[0]);
+    let one = RangeRequest {
+        key: key(19),
+        ..Default::default()
+    };
+    let t = txn(
+        vec![modified_at(19, at)],
+        vec![get(&all), get(&one), get(&all)],
+        vec![],
+    );
+    let mut writes = 0;
+    let (answer, steps) = txn_in_pieces(&f.store, &t, || {
+        assert!(f.apply(put(19, "after")));
+        assert!(f.apply(delete(18)));
+        assert!(f.apply(put(25, "new")));
+        if writes == 0 {
+            // Keeps all the txn sees.
+            assert!(f.apply(compact(at)));
+            f.store.finish_compaction().unwrap();
+        }
+        writes += 1;
+    });
+    assert!(steps >= 14, "{steps} steps");
+    assert!(answer.succeeded);
+    assert_eq!(answer.header.unwrap().revision, at);
+    let ranges = ranges(&answer);
+    assert_eq!(ranges.len(), 3);
+    for r in &ranges {
+        assert_eq!(r.header.unwrap().revision, at);
+        assert!(r.kvs.iter().all(|kv| kv.value == b"before"), "{r:?}");
+    }
+    assert_eq!(ranges[0].count, 20);
+    assert_eq!(ranges[1].kvs[0].key, key(19));
+    assert_eq!(ranges[2], ranges[0]);
+}
+
+/// A compaction past a txn's revision before its ranges are walked reads
+/// the whole txn again at the newest revision, compares included.
+#[test]
+fn compaction_past_a_txn_decides_it_again() {
+    let f = Fixture::new();
+    for i in 0..20 {
+        f.apply(put(i, "before"));
+    }
+    let first = f.store.revision() - 19;
+    let all = span(&[0], &[0]);
+    let keys = RangeRequest {
+        keys_only: true,
+        ..all.clone()
+    };
+    let t = txn(
+        vec![modified_at(0, first)],
+        vec![get(&all)],
+        vec![get(&keys)],
+    );
+    let mut scan = f.store.txn_scan(&t).unwrap();
+    assert!(scan.step().unwrap().is_none());
+    assert!(f.apply(put(0, "after")));
+    assert!(f.apply(compact(f.store.revision())));
+    f.store.finish_compaction().unwrap();
+    let again = scan.step().unwrap().expect("read in one go");
+    assert!(scan.plan.is_none());
+    assert!(!again.succeeded, "decided again: k00 was modified");
+    assert_eq!(again.header.unwrap().revision, f.store.revision());
+    let ranges = ranges(&again);
+    assert_eq!(ranges[0].count, 20);
+    assert!(ranges[0].kvs.iter().all(|kv| kv.value.is_empty()));
 }
