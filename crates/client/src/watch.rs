@@ -29,25 +29,12 @@ use roster_proto::etcdserverpb::{
     watch_create_request::FilterType, watch_request, WatchCreateRequest, WatchRequest,
 };
 use roster_proto::mvccpb::Event;
+pub use roster_proto::prefix_end;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::client::Client;
 use crate::error::{Error, Result};
-
-/// The end of the key range holding every key that starts with `prefix`,
-/// as etcd's `range_end` expects it.
-pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return end;
-        }
-    }
-    // All 0xff (or empty): everything from the prefix on.
-    vec![0]
-}
 
 /// What to watch.
 #[derive(Debug, Clone, Default)]
@@ -278,14 +265,6 @@ impl Resumer {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn prefix_end_covers_the_prefix() {
-        assert_eq!(prefix_end(b"a/"), b"a0".to_vec());
-        assert_eq!(prefix_end(b"a\xff"), b"b".to_vec());
-        assert_eq!(prefix_end(b"\xff"), vec![0]);
-        assert_eq!(prefix_end(b""), vec![0]);
-    }
 
     #[test]
     fn spec_builders_fill_the_request_fields() {

@@ -5,7 +5,8 @@
 //! numbers match etcd's, so every etcd v3 client (etcdctl, Go clientv3,
 //! python etcd3, the `etcd-client` crate) talks to a Roster server unchanged.
 //! Code is generated at build time by prost and tonic, fed by `protox`, so no
-//! system `protoc` is needed. This crate holds no logic.
+//! system `protoc` is needed. Its one piece of logic is a convention of
+//! the protocol every client and the server need: [`prefix_end`].
 //!
 //! Besides etcd's packages, `roster` holds the internal [`roster::Command`]
 //! that the consensus layer orders and the store applies, and
@@ -13,6 +14,21 @@
 //! encoded once for all the watchers that receive them.
 
 #![allow(clippy::all, missing_docs)]
+
+/// The `range_end` of the range holding every key that starts with
+/// `prefix`: the prefix with its last byte below 0xff raised by one, and
+/// what follows dropped. A prefix of 0xff bytes only (or none) has no such
+/// end; `"\0"`, every key from the prefix on, stands for it.
+pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
 
 /// etcd's MVCC record types: `KeyValue` and `Event`.
 pub mod mvccpb {
@@ -43,4 +59,18 @@ pub mod v3electionpb {
 /// response.
 pub mod roster {
     tonic::include_proto!("roster");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::prefix_end;
+
+    #[test]
+    fn prefix_end_covers_the_prefix() {
+        assert_eq!(prefix_end(b"a/"), b"a0".to_vec());
+        assert_eq!(prefix_end(b"a\xff"), b"b".to_vec());
+        assert_eq!(prefix_end(b"a\xff\xff"), b"b".to_vec());
+        assert_eq!(prefix_end(b"\xff"), vec![0]);
+        assert_eq!(prefix_end(b""), vec![0]);
+    }
 }

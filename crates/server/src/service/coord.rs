@@ -16,24 +16,12 @@ use roster_proto::etcdserverpb::{
     TxnResponse, WatchCreateRequest,
 };
 use roster_proto::mvccpb::{event::EventType, KeyValue};
+use roster_proto::prefix_end;
 use roster_store::{CommandKind, CommandResponse};
 
 use crate::error::ServerError;
 use crate::node::Node;
 use crate::watch::stream::local_watch;
-
-/// The end of the range holding every key that starts with `prefix`.
-pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return end;
-        }
-    }
-    // All 0xff: every key from the prefix on.
-    vec![0]
-}
 
 /// `name/`, the prefix of a name's ownership keys.
 pub fn prefix(name: &[u8]) -> Vec<u8> {

@@ -9,6 +9,7 @@ use roster_proto::etcdserverpb::DeleteRangeRequest;
 use roster_proto::etcdserverpb::TxnRequest;
 use roster_proto::etcdserverpb::{request_op, PutRequest, RangeRequest, WatchCreateRequest};
 use roster_proto::mvccpb::event::EventType;
+use roster_proto::prefix_end;
 use roster_proto::v3electionpb::election_server::Election;
 use roster_proto::v3electionpb::{
     CampaignRequest, CampaignResponse, LeaderKey, LeaderRequest, LeaderResponse, ProclaimRequest,
@@ -19,7 +20,7 @@ use tokio_stream::Stream;
 use tonic::{Request, Status};
 
 use super::coord::{
-    created_at, first_owner, op, own, prefix, prefix_end, session_lease, txn, wait_turn, Abandon,
+    created_at, first_owner, op, own, prefix, session_lease, txn, wait_turn, Abandon,
 };
 use super::{reply, Reply};
 use crate::error::ServerError;

@@ -19,7 +19,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use roster_store::index::KeyRange;
 
-use crate::service::coord::prefix_end;
+use roster_proto::prefix_end;
 
 /// A watcher's address: stream id and watch id.
 pub type WatcherId = (u64, i64);
