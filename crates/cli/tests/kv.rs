@@ -1252,12 +1252,14 @@ async fn ranges_and_read_only_txns_in_pieces_are_one_revision_while_writes_go_on
     });
     let prefix = || Some(GetOptions::new().with_prefix());
     let mut reads = 0;
-    let mut seen_between = 0;
+    // Reads that came while the writer wrote: ranges, then txns.
+    let mut seen_between = [0, 0];
     // A txn that only reads is read in pieces too, every range of it at
-    // the txn's revision: the whole span, the last key, the span again.
+    // the txn's revision: the whole span, a key the writer reaches half
+    // way, the span again.
     let both = Txn::new().and_then(vec![
         TxnOp::get("many/", prefix()),
-        TxnOp::get(many_key(MANY - 1), None),
+        TxnOp::get(many_key(MANY / 2), None),
         TxnOp::get("many/", prefix()),
     ]);
     while !writer.is_finished() || reads < 2 {
@@ -1288,16 +1290,19 @@ async fn ranges_and_read_only_txns_in_pieces_are_one_revision_while_writes_go_on
                 assert!(kv.mod_revision() <= rev);
             }
         }
-        if let Some(last) = gets.get(1) {
-            assert_eq!(last.kvs()[0].value_str().unwrap(), want(MANY - 1));
+        if let Some(half) = gets.get(1) {
+            assert_eq!(half.kvs()[0].value_str().unwrap(), want(MANY / 2));
         }
         if 0 < written && written < MANY {
-            seen_between += 1;
+            seen_between[reads % 2] += 1;
         }
         reads += 1;
     }
     writer.await.unwrap();
-    assert!(seen_between > 0, "no read came while the writer wrote");
+    assert!(
+        seen_between.iter().all(|&n| n > 0),
+        "reads while the writer wrote (ranges, txns): {seen_between:?}"
+    );
 
     // Limits and counts over the whole span.
     let limited = c

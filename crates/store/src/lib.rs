@@ -18,8 +18,8 @@
 //! redb receives the pending writes at the next checkpoint
 //! ([`Store::apply_logged`], [`Store::checkpoint`]); readers see a revision
 //! only once the batch holding it is durable. Reads ([`Store::range`], [`Store::txn_read`])
-//! never wait for an fsync, and hold the index lock only while they walk the
-//! index, a piece at a time when they are long (`store::scan`).
+//! never wait for an fsync. They hold the index lock while they read, a
+//! piece at a time when they read spans (`store::scan`).
 //!
 //! What lives where:
 //! - [`index`]: the in-memory key index, key → list of versions, rebuilt from

@@ -84,7 +84,8 @@ impl Store {
 pub struct RangeScan<'a> {
     store: &'a Store,
     r: &'a RangeRequest,
-    /// None for a single key, or once a compaction passed the walk.
+    /// None for a single key, once a compaction passed the walk, or once
+    /// it is answered.
     walk: Option<Walk<'a>>,
 }
 
@@ -93,7 +94,11 @@ impl RangeScan<'_> {
     pub fn step(&mut self) -> Result<Option<RangeResponse>, StoreError> {
         if let Some(walk) = &mut self.walk {
             match walk.step(self.store)? {
-                Step::Walked(response) => return Ok(response),
+                Step::Walked(None) => return Ok(None),
+                Step::Walked(Some(response)) => {
+                    self.walk = None;
+                    return Ok(Some(response));
+                }
                 Step::Overtaken => self.walk = None,
             }
         }

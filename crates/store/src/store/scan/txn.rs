@@ -3,16 +3,19 @@
 //! A txn whose ops are all ranges is a read, and may be as long as a range:
 //! `Txn().Then(OpGet(prefix, WithPrefix()))` lists a whole key space just as
 //! a Range does. Its compares are decided in one look under the lock, at
-//! the published revision; then each range of the branch taken is walked in
-//! pieces at that same revision, one after the other, so that every answer
-//! in the txn is the store at the header's revision. When the branch reads
-//! only single keys there is nothing to gain, and the txn is read in one
-//! go, as before.
+//! the published revision, which is the txn's revision; then each range of
+//! the branch taken is walked in pieces, one after the other, at the txn's
+//! revision (or at the older one it asks for), as the one look would have
+//! read it. When the branch reads only single keys there is nothing to
+//! gain, and the txn is answered in that one look, as before.
 //!
-//! If a compaction passes the revision of a range not yet walked to its
-//! end, the whole txn is read again in one go under the lock, compares
-//! included: nothing of it has been answered yet, so it may be decided
-//! afresh at the newest revision.
+//! If a compaction passes the revision a range is read at before that
+//! range is walked to its end, the whole txn is read again in one go under
+//! the lock, compares included: nothing of it has been answered yet, so it
+//! may be decided afresh at the newest revision, or refused as compacted
+//! if a range asks for a revision now gone. etcd holds its read lock over
+//! a whole txn, so a compaction waits for the txn there; here the txn
+//! gives way instead. Either way its answer is the store at one revision.
 
 use roster_proto::etcdserverpb::{
     request_op, response_op, ResponseHeader, ResponseOp, TxnRequest, TxnResponse,
@@ -88,8 +91,8 @@ pub(super) struct Plan<'a> {
     succeeded: bool,
     /// The ranges not yet answered, in the branch's order; the first may
     /// be part walked.
-    walks: std::vec::IntoIter<Walk<'a>>,
-    responses: Vec<ResponseOp>,
+    pub(super) walks: std::vec::IntoIter<Walk<'a>>,
+    pub(super) responses: Vec<ResponseOp>,
 }
 
 impl TxnScan<'_> {
@@ -100,7 +103,11 @@ impl TxnScan<'_> {
         }
         if let Some(plan) = &mut self.plan {
             match plan.step(self.store)? {
-                Step::Walked(response) => return Ok(response),
+                Step::Walked(None) => return Ok(None),
+                Step::Walked(Some(answer)) => {
+                    self.plan = None;
+                    return Ok(Some(answer));
+                }
                 Step::Overtaken => self.plan = None,
             }
         }
@@ -111,6 +118,8 @@ impl TxnScan<'_> {
 impl Plan<'_> {
     /// Walks one piece of the first range not yet answered.
     fn step(&mut self, store: &Store) -> Result<Step<TxnResponse>, StoreError> {
+        // Not empty: a plan has a span to walk, and is dropped once its
+        // last range is answered.
         let walk = self.walks.as_mut_slice().first_mut().expect("a range");
         let range = match walk.step(store)? {
             Step::Walked(Some(range)) => range,
