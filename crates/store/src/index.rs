@@ -187,16 +187,48 @@ impl KeyIndex {
     /// tombstone; everything older goes.
     pub fn compact(&mut self, at: i64) -> Vec<Revision> {
         let mut dropped = Vec::new();
-        self.keys.retain(|_, vs| {
+        self.compact_piece(None, at, usize::MAX, &mut dropped);
+        dropped
+    }
+
+    /// Compacts, as [`KeyIndex::compact`] does, up to `keys` keys after
+    /// `after` (from the first when `None`), adding the revisions dropped
+    /// to `dropped`; returns how many keys it went over, and the last of
+    /// them when more may follow.
+    /// Versions newer than `at` may arrive between pieces: they are kept.
+    pub fn compact_piece(
+        &mut self,
+        after: Option<&[u8]>,
+        at: i64,
+        keys: usize,
+        dropped: &mut Vec<Revision>,
+    ) -> (usize, Option<Vec<u8>>) {
+        let from = after.map_or(Bound::Unbounded, Bound::Excluded);
+        let mut gone_over = 0;
+        let mut last = None;
+        let mut emptied = Vec::new();
+        for (key, vs) in self
+            .keys
+            .range_mut::<[u8], _>((from, Bound::Unbounded))
+            .take(keys)
+        {
+            gone_over += 1;
+            last = Some(key);
             let n = vs.partition_point(|v| v.rev.main <= at);
             if n == 0 {
-                return true;
+                continue;
             }
             let keep_from = if vs[n - 1].tombstone { n } else { n - 1 };
             dropped.extend(vs.drain(..keep_from).map(|v| v.rev));
-            !vs.is_empty()
-        });
-        dropped
+            if vs.is_empty() {
+                emptied.push(key.clone());
+            }
+        }
+        let next = (gone_over == keys).then(|| last.cloned()).flatten();
+        for key in emptied {
+            self.keys.remove(&key);
+        }
+        (gone_over, next)
     }
 
     /// Number of keys with any retained history (live or not).

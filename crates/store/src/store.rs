@@ -18,10 +18,14 @@
 //!   that), writes them to redb while batches go on being applied, commits,
 //!   and only then takes the lock to forget them: a reader finds each record
 //!   in one place or the other, or both (see [`checkpoint`]).
-//! - Compaction drops history from the index at publication, and from redb
-//!   only afterwards, in [`Store::finish_compaction`]. A reader that saw the
-//!   index before the drop opened its read transaction before it too, so the
-//!   records it may ask for are still in its snapshot.
+//! - A compaction raises the compacted revision at publication: reads below
+//!   it are refused from then on. The history it passed is dropped later,
+//!   in [`Store::sweep_compacted`]: from the index a piece at a time, then
+//!   from redb (going over the index of 100k keys at once held every write
+//!   up 25 ms). Reads at or above the compacted revision never need what is
+//!   dropped. A reader that saw the index before a drop opened its read
+//!   transaction before it too, so the records it may ask for are still in
+//!   its snapshot.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -70,14 +74,42 @@ const CACHE_BYTES: usize = 2 << 20;
 /// redb transaction deleting this many takes about 9 ms.
 pub const SWEEP_BATCH: usize = 4096;
 
+/// Index keys a [`Store::sweep_compacted`] goes over for a compaction per
+/// hold of the state lock: about 1 ms of work.
+pub(crate) const PRUNE_CHUNK: usize = 4096;
+
 /// What one [`Store::sweep_compacted`] did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Swept {
+    /// Index keys gone over to drop the history a compaction passed.
+    pub pruned: usize,
     /// Compacted records deleted from storage, or forgotten while pending.
     pub settled: usize,
     /// Compacted records still to settle, including those left for after
     /// a checkpoint in progress.
     pub left: usize,
+    /// Whether the index still holds history a compaction passed.
+    pub pruning: bool,
+}
+
+impl Swept {
+    /// Nothing a compaction passed is left, in the index or in storage.
+    pub fn done(&self) -> bool {
+        !self.pruning && self.left == 0
+    }
+
+    /// The sweep did some work, so another may do more.
+    pub fn progressed(&self) -> bool {
+        self.pruned > 0 || self.settled > 0
+    }
+}
+
+/// The index's part of a compaction, a piece at a time.
+struct Pruning {
+    /// The compacted revision.
+    at: i64,
+    /// The last key gone over.
+    after: Option<Vec<u8>>,
 }
 
 /// A successful command's answer.
@@ -123,6 +155,8 @@ struct State {
     pending: Pending,
     /// The writes a checkpoint in progress is putting in redb.
     frozen: Option<Arc<Frozen>>,
+    /// A compaction's pass over the index, when one is under way.
+    pruning: Option<Pruning>,
 }
 
 /// The MVCC key-value store. Cheap to share behind an `Arc`.
@@ -152,6 +186,8 @@ pub struct Store {
     /// Index entries a long range walks per hold of the state lock (see
     /// `store::scan`); tests make it small.
     scan_chunk: usize,
+    /// [`PRUNE_CHUNK`]; tests make it small.
+    prune_chunk: usize,
 }
 
 impl Store {
@@ -219,6 +255,7 @@ impl Store {
                 applied_index,
                 pending: Pending::default(),
                 frozen: None,
+                pruning: None,
             }),
             garbage: Mutex::new(garbage),
             published: AtomicI64::new(current),
@@ -226,6 +263,7 @@ impl Store {
             writing: Mutex::new(()),
             checkpointing: Mutex::new(()),
             scan_chunk: scan::SCAN_CHUNK,
+            prune_chunk: PRUNE_CHUNK,
         };
         store.finish_compaction()?;
         Ok(store)
@@ -348,35 +386,45 @@ impl Store {
         self.published.store(rev, Ordering::Release);
         if compact > st.compact_rev {
             st.compact_rev = compact;
-            let dropped = st.index.compact(compact);
-            self.garbage.lock().extend(dropped);
+            // A pass under way for an older compaction starts again: the
+            // keys it went over may hold more that this one passed.
+            st.pruning = Some(Pruning {
+                at: compact,
+                after: None,
+            });
         }
         Ok(out)
     }
 
-    /// Deletes from storage the records that compactions dropped from the
-    /// index. Safe to call at any time; a no-op when there is nothing to do.
+    /// Drops what compactions passed from the index and from storage.
+    /// Safe to call at any time; a no-op when there is nothing to do.
     /// Records frozen for a checkpoint in progress on another thread are
     /// left for a call after it.
     pub fn finish_compaction(&self) -> Result<(), StoreError> {
-        while let Swept {
-            settled: 1..,
-            left: 1..,
-        } = self.sweep_compacted(SWEEP_BATCH)?
-        {}
-        Ok(())
+        loop {
+            let swept = self.sweep_compacted(SWEEP_BATCH)?;
+            if swept.done() || !swept.progressed() {
+                return Ok(());
+            }
+        }
     }
 
-    /// Settles up to `budget` of the records that compactions dropped from
-    /// the index: those still pending are forgotten, the stored ones are
-    /// deleted from redb in one transaction. Holds no lock that writes
-    /// wait for, but the state lock for a moment: deleting 200k records
-    /// took 420 ms, and done on the write path it held every write up
-    /// that long.
+    /// Goes over the next [`PRUNE_CHUNK`] keys of the index for a
+    /// compaction under way, then settles up to `budget` of the records
+    /// that compactions dropped from the index: those still pending are
+    /// forgotten, the stored ones are deleted from redb in one
+    /// transaction. Holds no lock that writes wait for, but the state lock
+    /// for a moment at a time: deleting 200k records took 420 ms, and done
+    /// on the write path it held every write up that long.
     pub fn sweep_compacted(&self, budget: usize) -> Result<Swept, StoreError> {
+        let (pruned, pruning) = self.prune();
         let mut garbage = std::mem::take(&mut *self.garbage.lock());
         if garbage.is_empty() {
-            return Ok(Swept::default());
+            return Ok(Swept {
+                pruned,
+                pruning,
+                ..Swept::default()
+            });
         }
         let taken = garbage.len();
         let rest = garbage.split_off(garbage.len().min(budget));
@@ -418,7 +466,36 @@ impl Store {
             }
             tx.commit()?;
         }
-        Ok(Swept { settled, left })
+        Ok(Swept {
+            pruned,
+            settled,
+            left,
+            pruning,
+        })
+    }
+
+    /// Goes over the next piece of the index for a compaction under way,
+    /// adding what it drops to the garbage; returns how many keys it went
+    /// over and whether more are left.
+    fn prune(&self) -> (usize, bool) {
+        let mut st = self.state.write();
+        let st = &mut *st;
+        let Some(pruning) = &mut st.pruning else {
+            return (0, false);
+        };
+        let mut dropped = Vec::new();
+        let (pruned, after) = st.index.compact_piece(
+            pruning.after.as_deref(),
+            pruning.at,
+            self.prune_chunk,
+            &mut dropped,
+        );
+        self.garbage.lock().extend(dropped);
+        pruning.after = after;
+        if pruning.after.is_none() {
+            st.pruning = None;
+        }
+        (pruned, st.pruning.is_some())
     }
 
     /// Runs `f` against a consistent view at the newest durable revision.

@@ -1,4 +1,4 @@
-use roster_proto::etcdserverpb::{CompactionRequest, PutRequest};
+use roster_proto::etcdserverpb::{CompactionRequest, PutRequest, RangeRequest};
 use roster_proto::roster::{command::Kind, Command};
 
 use super::*;
@@ -43,14 +43,118 @@ fn sweeps_settle_their_budget_from_redb_and_from_pending() {
             break;
         }
     }
-    let s = |settled, left| Swept { settled, left };
+    // The first sweep also goes over the index's one key.
+    let s = |pruned, settled, left| Swept {
+        pruned,
+        settled,
+        left,
+        pruning: false,
+    };
     assert_eq!(
         steps,
-        [(s(4, 10), 11), (s(4, 6), 7), (s(4, 2), 3), (s(2, 0), 1)]
+        [
+            (s(1, 4, 10), 11),
+            (s(0, 4, 6), 7),
+            (s(0, 4, 2), 3),
+            (s(0, 2, 0), 1)
+        ]
     );
     assert_eq!(store.pending_records(), 1, "the pending garbage is gone");
     assert_eq!(store.sweep_compacted(4).unwrap(), Swept::default());
     // The checkpoint writes the last version alone.
     store.checkpoint().unwrap();
     assert_eq!(store.record_count().unwrap(), 1);
+}
+
+fn put_key(key: u8, value: u8) -> Command {
+    command(Kind::Put(PutRequest {
+        key: vec![b'k', key],
+        value: vec![value],
+        ..Default::default()
+    }))
+}
+
+fn compact_to(revision: i64) -> Command {
+    command(Kind::Compact(CompactionRequest {
+        revision,
+        physical: false,
+    }))
+}
+
+/// Every key with its value, read at `revision` (0: the newest).
+fn all_at(store: &Store, revision: i64) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    let r = RangeRequest {
+        key: vec![0],
+        range_end: vec![0],
+        revision,
+        ..Default::default()
+    };
+    let kvs = store.range(&r)?.kvs;
+    Ok(kvs.into_iter().map(|kv| (kv.key, kv.value)).collect())
+}
+
+/// A compaction is refused to reads below it at once; the index drops what
+/// it passed a piece at a time, writes and a newer compaction coming
+/// between pieces, and reads at or above it see the same store throughout.
+#[test]
+fn the_index_drops_a_compactions_history_a_piece_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Store::open(&dir.path().join("db")).unwrap();
+    store.prune_chunk = 3;
+    let mut next = 0;
+    let mut apply = |store: &Store, cmd: Command| {
+        next += 1;
+        let applied = store.apply_logged(&[(next, cmd)]).unwrap();
+        assert!(applied[0].response.is_ok());
+    };
+    // Ten keys, three versions each.
+    for round in 0..3 {
+        for k in 0..10 {
+            apply(&store, put_key(k, round));
+        }
+    }
+    let at = store.revision();
+    let before = all_at(&store, at).unwrap();
+    apply(&store, compact_to(at));
+    assert!(matches!(all_at(&store, at - 1), Err(StoreError::Compacted)));
+    // Nothing dropped yet: 30 versions, 20 of them passed.
+    assert_eq!(store.record_count().unwrap(), 30);
+
+    let sweep = |store: &Store| store.sweep_compacted(usize::MAX).unwrap();
+    let first = sweep(&store);
+    assert_eq!((first.pruned, first.settled, first.pruning), (3, 6, true));
+    assert_eq!(all_at(&store, at).unwrap(), before);
+    // A write to a key gone over and one to a key still ahead.
+    apply(&store, put_key(0, 9));
+    apply(&store, put_key(9, 9));
+    let second = sweep(&store);
+    assert_eq!(
+        (second.pruned, second.settled, second.pruning),
+        (3, 6, true)
+    );
+    assert_eq!(all_at(&store, at).unwrap(), before);
+    // A newer compaction starts the pass again: key 0's and key 9's older
+    // versions go too.
+    let newer = store.revision();
+    apply(&store, compact_to(newer));
+    let mut steps = vec![];
+    loop {
+        let swept = sweep(&store);
+        steps.push((swept.pruned, swept.settled, swept.pruning));
+        if swept.done() {
+            break;
+        }
+    }
+    // Keys 0 to 2: key 0's older version; 3 to 5, gone over before:
+    // nothing; 6 to 8: two each; 9: its three older versions.
+    assert_eq!(
+        steps,
+        [(3, 1, true), (3, 0, true), (3, 6, true), (1, 3, false)]
+    );
+    assert_eq!(store.record_count().unwrap(), 10);
+    let mut now = before.clone();
+    now[0].1 = vec![9];
+    now[9].1 = vec![9];
+    assert_eq!(all_at(&store, newer).unwrap(), now);
+    assert_eq!(sweep(&store), Swept::default());
 }
