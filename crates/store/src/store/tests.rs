@@ -81,8 +81,11 @@ fn compact_to(revision: i64) -> Command {
     }))
 }
 
+/// Keys with their values.
+type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// Every key with its value, read at `revision` (0: the newest).
-fn all_at(store: &Store, revision: i64) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+fn all_at(store: &Store, revision: i64) -> Result<Pairs, StoreError> {
     let r = RangeRequest {
         key: vec![0],
         range_end: vec![0],
