@@ -3,12 +3,15 @@
 # a second for 8 s while something heavy runs beside it, and the put
 # latencies are printed per server and round, alternating etcd and roster.
 #
-#   scripts/bench-stalls.sh [--scenario reads|txns|compactions|all] [--rounds N] [--no-build]
+#   scripts/bench-stalls.sh [--scenario reads|txns|compact|compactions|all] [--rounds N] [--no-build]
 #
 # reads:        etcdctl reads all of 100k keys (256-byte values, a 25 MB
 #               answer) about three times a second. A registry's discovery
 #               clients list whole prefixes.
 # txns:         the same read as the one op of a txn (`etcdctl txn`).
+# compact:      over 300k versions of 100k keys, compact to the newest
+#               revision: the first time drops 200k versions, the later
+#               ones only the puts' own.
 # compactions:  over 300k versions of 100k keys, compact to the newest
 #               revision (dropping 200k), write 100k new versions, again.
 #
@@ -24,13 +27,13 @@ while (($#)); do
     --scenario) scenario="$2"; shift ;;
     --rounds) rounds="$2"; shift ;;
     --no-build) build=0 ;;
-    *) echo "usage: $0 [--scenario reads|txns|compactions|all] [--rounds N] [--no-build]" >&2; exit 2 ;;
+    *) echo "usage: $0 [--scenario reads|txns|compact|compactions|all] [--rounds N] [--no-build]" >&2; exit 2 ;;
   esac
   shift
 done
 case "$scenario" in
-  all) scenarios="reads txns compactions" ;;
-  reads | txns | compactions) scenarios="$scenario" ;;
+  all) scenarios="reads txns compact compactions" ;;
+  reads | txns | compact | compactions) scenarios="$scenario" ;;
   *) echo "unknown scenario $scenario" >&2; exit 2 ;;
 esac
 
@@ -91,6 +94,14 @@ load() {
     --load-keys 100000 --total 1 >/dev/null 2>&1
 }
 
+# compact: compacts to the newest revision.
+compact() {
+  local rev
+  rev=$(ETCDCTL_API=3 etcdctl --endpoints "$ep" get /none -w json |
+    sed -E 's/.*"revision":([0-9]+).*/\1/')
+  ETCDCTL_API=3 etcdctl --endpoints "$ep" compact "$rev" >/dev/null
+}
+
 # heavy SCENARIO: one round of the heavy work.
 heavy() {
   case "$1" in
@@ -102,11 +113,11 @@ heavy() {
       printf '\nget /bench/ /bench0\n\n\n' |
         ETCDCTL_API=3 etcdctl --endpoints "$ep" txn >/dev/null
       ;;
+    compact)
+      compact
+      ;;
     compactions)
-      local rev
-      rev=$(ETCDCTL_API=3 etcdctl --endpoints "$ep" get /none -w json |
-        sed -E 's/.*"revision":([0-9]+).*/\1/')
-      ETCDCTL_API=3 etcdctl --endpoints "$ep" compact "$rev" >/dev/null
+      compact
       load
       ;;
   esac
@@ -118,7 +129,9 @@ for scenario in $scenarios; do
     for server in etcd roster; do
       start "$server" "$round"
       load
-      if [ "$scenario" = compactions ]; then load; load; fi
+      case "$scenario" in compact | compactions) load; load ;; esac
+      # The one big compaction alone: after the load's checkpoints.
+      if [ "$scenario" = compact ]; then sleep 3; fi
       "$roster" bench put --endpoints "$ep" --clients 1 --rate 500 --duration 8s \
         --key-prefix /other/ >"$work/put.out" 2>&1 &
       put=$!
