@@ -139,8 +139,8 @@ struct Queue {
     writer_done: bool,
     /// When the first commit since the last checkpoint was made.
     dirty_since: Option<Instant>,
-    /// A compaction dropped records that storage still holds: the
-    /// checkpointer deletes them.
+    /// A compaction passed history that the index or storage still
+    /// holds: the checkpointer drops it.
     sweep: bool,
 }
 

@@ -341,9 +341,9 @@ impl<'a> WriteTxn<'a> {
         })
     }
 
-    /// Applies a Compact: records the new compacted revision. History below
-    /// it is dropped from the index when the batch is published and from
-    /// storage after that (see `Store`).
+    /// Applies a Compact: records the new compacted revision. Reads below
+    /// it are refused once the batch is published; the history it passed
+    /// is dropped from the index and from storage after that (see `Store`).
     pub fn compact(&mut self, c: &CompactionRequest) -> Result<CompactionResponse, StoreError> {
         if c.revision <= self.compact_rev {
             return Err(StoreError::Compacted);

@@ -187,31 +187,36 @@ impl KeyIndex {
     /// tombstone; everything older goes.
     pub fn compact(&mut self, at: i64) -> Vec<Revision> {
         let mut dropped = Vec::new();
-        self.compact_piece(None, at, usize::MAX, &mut dropped);
+        self.compact_piece(None, None, at, usize::MAX, &mut dropped);
         dropped
     }
 
     /// Compacts, as [`KeyIndex::compact`] does, up to `keys` keys after
-    /// `after` (from the first when `None`), adding the revisions dropped
-    /// to `dropped`; returns how many keys it went over, and the last of
-    /// them when more may follow.
-    /// Versions newer than `at` may arrive between pieces: they are kept.
+    /// `after` (from the first when `None`) and up to `upto` included (no
+    /// bound when `None`), adding the revisions dropped to `dropped`;
+    /// returns how many keys it went over, and the last of them when more
+    /// may follow. Versions newer than `at` may arrive between pieces:
+    /// they are kept.
     pub fn compact_piece(
         &mut self,
         after: Option<&[u8]>,
+        upto: Option<&[u8]>,
         at: i64,
         keys: usize,
         dropped: &mut Vec<Revision>,
     ) -> (usize, Option<Vec<u8>>) {
         let from = after.map_or(Bound::Unbounded, Bound::Excluded);
+        let to = upto.map_or(Bound::Unbounded, Bound::Included);
+        // BTreeMap::range panics on an inverted range; it holds nothing.
+        if let (Some(after), Some(upto)) = (after, upto) {
+            if upto <= after {
+                return (0, None);
+            }
+        }
         let mut gone_over = 0;
         let mut last = None;
         let mut emptied = Vec::new();
-        for (key, vs) in self
-            .keys
-            .range_mut::<[u8], _>((from, Bound::Unbounded))
-            .take(keys)
-        {
+        for (key, vs) in self.keys.range_mut::<[u8], _>((from, to)).take(keys) {
             gone_over += 1;
             last = Some(key);
             let n = vs.partition_point(|v| v.rev.main <= at);
@@ -224,7 +229,10 @@ impl KeyIndex {
                 emptied.push(key.clone());
             }
         }
-        let next = (gone_over == keys).then(|| last.cloned()).flatten();
+        let next = (gone_over == keys)
+            .then(|| last.cloned())
+            .flatten()
+            .filter(|last| upto.is_none_or(|upto| last.as_slice() < upto));
         for key in emptied {
             self.keys.remove(&key);
         }

@@ -105,11 +105,21 @@ impl Swept {
 }
 
 /// The index's part of a compaction, a piece at a time.
+///
+/// A newer compaction during a pass raises `at` and keeps the cursor: the
+/// keys ahead are pruned at the new revision on this lap, and the pass
+/// goes round once more from the first key to where it stood. Starting
+/// again from the first key instead would never reach the last ones if
+/// compactions came faster than a lap.
 struct Pruning {
-    /// The compacted revision.
+    /// The newest compacted revision.
     at: i64,
-    /// The last key gone over.
+    /// The last key gone over; `None` at the start of a lap.
     after: Option<Vec<u8>>,
+    /// Where the pass ends once it has gone round: the cursor when the
+    /// newest compaction came, if it came mid-lap; `None` for the end of
+    /// the key space.
+    stop: Option<Vec<u8>>,
 }
 
 /// A successful command's answer.
@@ -386,12 +396,21 @@ impl Store {
         self.published.store(rev, Ordering::Release);
         if compact > st.compact_rev {
             st.compact_rev = compact;
-            // A pass under way for an older compaction starts again: the
-            // keys it went over may hold more that this one passed.
-            st.pruning = Some(Pruning {
-                at: compact,
-                after: None,
-            });
+            match &mut st.pruning {
+                // The keys the pass went over may hold more that this one
+                // passed: it goes round to them again.
+                Some(p) => {
+                    p.at = compact;
+                    p.stop = p.after.clone();
+                }
+                None => {
+                    st.pruning = Some(Pruning {
+                        at: compact,
+                        after: None,
+                        stop: None,
+                    })
+                }
+            }
         }
         Ok(out)
     }
@@ -483,17 +502,31 @@ impl Store {
         let Some(pruning) = &mut st.pruning else {
             return (0, false);
         };
+        // Before the cursor, `stop` is where this lap ends; at or after
+        // it, the lap runs to the end of the key space.
+        let upto = match (&pruning.stop, &pruning.after) {
+            (Some(stop), Some(after)) if stop > after => Some(stop.as_slice()),
+            (Some(stop), None) => Some(stop.as_slice()),
+            _ => None,
+        };
         let mut dropped = Vec::new();
         let (pruned, after) = st.index.compact_piece(
             pruning.after.as_deref(),
+            upto,
             pruning.at,
             self.prune_chunk,
             &mut dropped,
         );
         self.garbage.lock().extend(dropped);
+        let lap_done = after.is_none();
         pruning.after = after;
-        if pruning.after.is_none() {
-            st.pruning = None;
+        if lap_done {
+            if upto.is_none() && pruning.stop.is_some() {
+                // Round again, to `stop`.
+                pruning.after = None;
+            } else {
+                st.pruning = None;
+            }
         }
         (pruned, st.pruning.is_some())
     }
@@ -537,9 +570,15 @@ impl Store {
     }
 
     /// The live `KeyValue` of `key` at revision `rev`, if it existed then and
-    /// that history is still retained.
+    /// that revision is not compacted. As in etcd, whose watch reads an
+    /// event's previous value with a Range at the revision before it, below
+    /// the compacted revision there is none, whether or not the index has
+    /// dropped that history yet.
     pub fn kv_at(&self, key: &[u8], rev: i64) -> Result<Option<KeyValue>, StoreError> {
         self.with_view(|v| {
+            if rev < v.compact_rev {
+                return Ok(None);
+            }
             let view = View { rev, ..*v };
             view.get(key)
         })

@@ -136,8 +136,9 @@ fn the_index_drops_a_compactions_history_a_piece_at_a_time() {
         (3, 6, true)
     );
     assert_eq!(all_at(&store, at).unwrap(), before);
-    // A newer compaction starts the pass again: key 0's and key 9's older
-    // versions go too.
+    // A newer compaction keeps the cursor: keys 6 to 9 are pruned at the
+    // new revision on this lap, then the pass goes round to key 5 again,
+    // where key 0's older version goes too.
     let newer = store.revision();
     apply(&store, compact_to(newer));
     let mut steps = vec![];
@@ -148,11 +149,11 @@ fn the_index_drops_a_compactions_history_a_piece_at_a_time() {
             break;
         }
     }
-    // Keys 0 to 2: key 0's older version; 3 to 5, gone over before:
-    // nothing; 6 to 8: two each; 9: its three older versions.
+    // Keys 6 to 8: two each; 9: its three older versions; 0 to 2: key
+    // 0's older one; 3 to 5: nothing.
     assert_eq!(
         steps,
-        [(3, 1, true), (3, 0, true), (3, 6, true), (1, 3, false)]
+        [(3, 6, true), (1, 3, true), (3, 1, true), (3, 0, false)]
     );
     assert_eq!(store.record_count().unwrap(), 10);
     let mut now = before.clone();
@@ -160,4 +161,42 @@ fn the_index_drops_a_compactions_history_a_piece_at_a_time() {
     now[9].1 = vec![9];
     assert_eq!(all_at(&store, newer).unwrap(), now);
     assert_eq!(sweep(&store), Swept::default());
+
+    // Compactions after every piece: the pass goes on round the keys, and
+    // every key's history goes within a lap.
+    for k in 0..10 {
+        apply(&store, put_key(k, 7));
+    }
+    assert_eq!(store.record_count().unwrap(), 20);
+    for _ in 0..4 {
+        apply(&store, put_key(0, 8));
+        apply(&store, compact_to(store.revision()));
+        assert!(sweep(&store).pruning);
+    }
+    // Keys 1 to 9 hold one version each; key 0, pruned at the first
+    // compaction, its value then and the three puts after.
+    assert_eq!(store.record_count().unwrap(), 9 + 4);
+    assert_eq!(all_at(&store, 0).unwrap()[9].1, vec![7]);
+}
+
+/// Below the compacted revision a key has no value, as a Range there is
+/// refused, whether or not the index has dropped that history yet.
+#[test]
+fn no_value_below_the_compacted_revision() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("db")).unwrap();
+    let applied = store
+        .apply_logged(&[(1, put_key(1, 1)), (2, put_key(1, 2))])
+        .unwrap();
+    assert!(applied.iter().all(|a| a.response.is_ok()));
+    let at = store.revision();
+    let key = [b'k', 1];
+    assert_eq!(store.kv_at(&key, at - 1).unwrap().unwrap().value, [1]);
+    store.apply_logged(&[(3, compact_to(at))]).unwrap();
+    // The pass over the index has not run: the old version is still there.
+    assert!(store.state.read().pruning.is_some());
+    assert_eq!(store.kv_at(&key, at - 1).unwrap(), None);
+    assert_eq!(store.kv_at(&key, at).unwrap().unwrap().value, [2]);
+    store.finish_compaction().unwrap();
+    assert_eq!(store.kv_at(&key, at - 1).unwrap(), None);
 }
