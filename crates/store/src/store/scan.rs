@@ -52,11 +52,7 @@ impl Store {
     /// Answers a Range request with etcd's semantics, in one call.
     pub fn range(&self, r: &RangeRequest) -> Result<RangeResponse, StoreError> {
         let mut scan = self.range_scan(r)?;
-        loop {
-            if let Some(response) = scan.step()? {
-                return Ok(response);
-            }
-        }
+        to_the_end(|| scan.step())
     }
 
     /// Starts answering a Range request a piece at a time.
@@ -103,6 +99,15 @@ impl RangeScan<'_> {
             }
         }
         self.store.with_view(|v| v.range(self.r)).map(Some)
+    }
+}
+
+/// Runs `step` until it answers, piece after piece.
+fn to_the_end<T>(mut step: impl FnMut() -> Result<Option<T>, StoreError>) -> Result<T, StoreError> {
+    loop {
+        if let Some(answer) = step()? {
+            return Ok(answer);
+        }
     }
 }
 

@@ -68,6 +68,28 @@ impl Fixture {
         }
     }
 
+    /// A fixture with keys 0 to `keys - 1` put with the value "before".
+    fn loaded(keys: u64) -> Fixture {
+        let f = Fixture::new();
+        for i in 0..keys {
+            f.apply(put(i, "before"));
+        }
+        f
+    }
+
+    /// Between the pieces of a read of keys 0 to 19 at `at`: overwrites a
+    /// key ahead of the walk, deletes one, adds one; the `first` time,
+    /// compacts to `at` too, which keeps all the read sees.
+    fn write_between(&self, at: i64, first: bool) {
+        assert!(self.apply(put(19, "after")));
+        assert!(self.apply(delete(18)));
+        assert!(self.apply(put(25, "new")));
+        if first {
+            assert!(self.apply(compact(at)));
+            self.store.finish_compaction().unwrap();
+        }
+    }
+
     /// Applies `cmd` as the next log entry; false if it was refused.
     fn apply(&self, cmd: Command) -> bool {
         let index = self.next.replace(self.next.get() + 1);
@@ -207,24 +229,12 @@ fn pieces_answer_as_one_walk() {
 /// revision the read began at.
 #[test]
 fn writes_between_pieces_are_not_seen() {
-    let f = Fixture::new();
-    for i in 0..20 {
-        f.apply(put(i, "before"));
-    }
+    let f = Fixture::loaded(20);
     let at = f.store.revision();
     let r = span(&[0], &[0]);
     let mut pieces = 0;
     let read = in_pieces(&f.store, &r, || {
-        // Overwrite a key ahead of the walk, delete one, add one; the
-        // first time, compact to the read's own revision too, which keeps
-        // all it sees.
-        assert!(f.apply(put(19, "after")));
-        assert!(f.apply(delete(18)));
-        assert!(f.apply(put(25, "new")));
-        if pieces == 0 {
-            assert!(f.apply(compact(at)));
-            f.store.finish_compaction().unwrap();
-        }
+        f.write_between(at, pieces == 0);
         pieces += 1;
     });
     assert!(pieces >= 6, "{pieces} pieces");
@@ -240,10 +250,7 @@ fn writes_between_pieces_are_not_seen() {
 /// still finds its values, though the compaction removed them from redb.
 #[test]
 fn compaction_past_the_read_starts_it_again() {
-    let f = Fixture::new();
-    for i in 0..20 {
-        f.apply(put(i, "before"));
-    }
+    let f = Fixture::loaded(20);
     f.store.checkpoint().unwrap();
     let r = span(&[0], &[0]);
     let mut scan = f.store.range_scan(&r).unwrap();
@@ -463,10 +470,7 @@ fn txns_answer_as_one_read(store: &Store, old: i64) {
 /// though writes go on between the pieces.
 #[test]
 fn a_txn_in_pieces_reads_one_revision() {
-    let f = Fixture::new();
-    for i in 0..20 {
-        f.apply(put(i, "before"));
-    }
+    let f = Fixture::loaded(20);
     let at = f.store.revision();
     let all = span(&[0], &[0]);
     let one = RangeRequest {
@@ -480,14 +484,7 @@ fn a_txn_in_pieces_reads_one_revision() {
     );
     let mut writes = 0;
     let (answer, steps) = txn_in_pieces(&f.store, &t, || {
-        assert!(f.apply(put(19, "after")));
-        assert!(f.apply(delete(18)));
-        assert!(f.apply(put(25, "new")));
-        if writes == 0 {
-            // Keeps all the txn sees.
-            assert!(f.apply(compact(at)));
-            f.store.finish_compaction().unwrap();
-        }
+        f.write_between(at, writes == 0);
         writes += 1;
     });
     assert!(steps >= 14, "{steps} steps");
@@ -508,10 +505,7 @@ fn a_txn_in_pieces_reads_one_revision() {
 /// whole txn again at the newest revision, compares included.
 #[test]
 fn compaction_past_a_txn_decides_it_again() {
-    let f = Fixture::new();
-    for i in 0..20 {
-        f.apply(put(i, "before"));
-    }
+    let f = Fixture::loaded(20);
     let first = f.store.revision() - 19;
     let all = span(&[0], &[0]);
     let keys = RangeRequest {
@@ -543,10 +537,7 @@ fn compaction_past_a_txn_decides_it_again() {
 /// compaction stays below the txn's own revision.
 #[test]
 fn compaction_between_a_txns_ranges_is_caught() {
-    let f = Fixture::new();
-    for i in 0..10 {
-        f.apply(put(i, "before"));
-    }
+    let f = Fixture::loaded(10);
     let old = f.store.revision();
     for i in 0..10 {
         f.apply(put(i, "after"));
@@ -569,10 +560,7 @@ fn compaction_between_a_txns_ranges_is_caught() {
     assert!(scan.plan.is_none());
 
     // Without the compaction, the same txn reads both revisions.
-    let f = Fixture::new();
-    for i in 0..10 {
-        f.apply(put(i, "before"));
-    }
+    let f = Fixture::loaded(10);
     let old = f.store.revision();
     for i in 0..10 {
         f.apply(put(i, "after"));

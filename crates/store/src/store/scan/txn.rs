@@ -21,7 +21,7 @@ use roster_proto::etcdserverpb::{
     request_op, response_op, ResponseHeader, ResponseOp, TxnRequest, TxnResponse,
 };
 
-use super::{Step, Walk};
+use super::{to_the_end, Step, Walk};
 use crate::apply::{read_txn, read_txn_branch, read_txn_ops};
 use crate::error::StoreError;
 use crate::store::Store;
@@ -31,11 +31,7 @@ impl Store {
     /// without going through the write path, in one call.
     pub fn txn_read(&self, t: &TxnRequest) -> Result<TxnResponse, StoreError> {
         let mut scan = self.txn_scan(t)?;
-        loop {
-            if let Some(response) = scan.step()? {
-                return Ok(response);
-            }
-        }
+        to_the_end(|| scan.step())
     }
 
     /// Starts answering a read-only txn a piece at a time; refused, as a
