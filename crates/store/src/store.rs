@@ -428,7 +428,7 @@ impl Store {
         }
     }
 
-    /// Goes over the next [`PRUNE_CHUNK`] keys of the index for a
+    /// Goes over the next piece of the index (4096 keys) for a
     /// compaction under way, then settles up to `budget` of the records
     /// that compactions dropped from the index: those still pending are
     /// forgotten, the stored ones are deleted from redb in one
