@@ -520,13 +520,10 @@ impl Store {
         self.garbage.lock().extend(dropped);
         let lap_done = after.is_none();
         pruning.after = after;
-        if lap_done {
-            if upto.is_none() && pruning.stop.is_some() {
-                // Round again, to `stop`.
-                pruning.after = None;
-            } else {
-                st.pruning = None;
-            }
+        // A lap that ended at the end of the key space with a `stop` set
+        // goes round again from the first key (its cursor is now `None`).
+        if lap_done && (upto.is_some() || pruning.stop.is_none()) {
+            st.pruning = None;
         }
         (pruned, st.pruning.is_some())
     }
