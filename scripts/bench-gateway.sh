@@ -2,7 +2,7 @@
 # The gateway's overhead: wrk straight to a `roster echo` backend versus
 # through `roster gateway` to that same backend, in one run, alternating
 # the targets round by round so that a disturbance (another process on the
-# machine) hits both. Results go to BENCHMARKS.md by hand.
+# machine) hits both.
 #
 #   ./scripts/bench-gateway.sh                       # builds with cargo
 #   ROSTER=target/release/roster ROUNDS=5 ./scripts/bench-gateway.sh
@@ -10,7 +10,10 @@
 # Settings (environment): ROUNDS (3), DURATION (10s) and CONNS (64) and
 # THREADS (2) of the loaded runs, LIGHT_DURATION (5s) of the one-connection
 # runs, PIN=1 to pin wrk to CPU 0 and the roster processes to CPU 1,
-# MAX_OTHER (5) and TRIES (4): see below.
+# MAX_OTHER (5) and TRIES (4): see below. OUT: where the results go
+# (default bench/runs/<UTC date>-gateway): run.log holds every run's line,
+# table.md the medians (also printed on stdout), machine.txt the machine,
+# the settings and the load.
 #
 # Targets, each measured once per round in this order:
 #   direct     wrk -> echo
@@ -30,6 +33,12 @@
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
+USAGE="$0 (settings in the environment: see the top of the script)"
+# shellcheck disable=SC2034 # read by parse_args: no flags
+declare -A FLAGS=()
+parse_args "$@"
 
 ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-10s}
@@ -39,46 +48,34 @@ LIGHT_DURATION=${LIGHT_DURATION:-5s}
 PIN=${PIN:-}
 MAX_OTHER=${MAX_OTHER:-5}
 TRIES=${TRIES:-4}
+OUT=${OUT:-$(new_run_dir gateway)}
 
-command -v wrk >/dev/null || {
-    echo "bench-gateway: wrk is missing (Debian: apt-get install wrk)" >&2
-    exit 1
-}
-if [[ -z "${ROSTER:-}" ]]; then
-    echo "building roster (cargo build --release -p roster) ..." >&2
-    cargo build --release --quiet -p roster
-    ROSTER=target/release/roster
-fi
+need wrk wrk
+need curl curl
+roster=${ROSTER:-}
+roster_binary
+ROSTER=$roster
 SERVER_CPU=() WRK_CPU=()
 if [[ -n "$PIN" ]]; then
     SERVER_CPU=(taskset -c 1)
     WRK_CPU=(taskset -c 0)
 fi
 
-PIDS=()
-cleanup() {
-    local status=$? pid
-    trap - EXIT INT TERM
-    for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-    for _ in $(seq 50); do
-        local alive=0
-        for pid in "${PIDS[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
-        ((alive)) || break
-        sleep 0.1
-    done
-    for pid in "${PIDS[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    [[ -n "${WORK:-}" ]] && rm -rf "$WORK"
-    exit "$status"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/roster-bench-gateway.XXXXXX")
+# At exit the gateways, the echo backend and the registry get SIGTERM and a
+# moment to drain before SIGKILL.
+# shellcheck disable=SC2034 # read by the exit trap in lib.sh
+grace=1
+make_work bench-gateway "${TMPDIR:-/tmp}"
+WORK=$work
+mkdir -p "$OUT"
 # A private copy: a rebuild during the run must not change what is measured.
 cp "$ROSTER" "$WORK/roster"
 ROSTER=$WORK/roster
+
+# note LINE: prints LINE on stderr and keeps it in the run's run.log.
+note() {
+    echo "$*" | tee -a "$OUT/run.log" >&2
+}
 
 # start NAME ARGS...: runs roster ARGS in the background (with the
 # variables in the array EXTRA_ENV), logging to $WORK/NAME.log; sets LAST_PID.
@@ -86,38 +83,8 @@ EXTRA_ENV=()
 start() {
     local name=$1
     shift
-    env "${EXTRA_ENV[@]}" "${SERVER_CPU[@]}" "$ROSTER" "$@" </dev/null >"$WORK/$name.log" 2>&1 &
-    LAST_PID=$!
-    PIDS+=("$LAST_PID")
-}
-
-# wait_addr LOG PID REGEX: the first http://ADDR on the line of LOG that
-# matches REGEX, once there is one (at most 15 s).
-wait_addr() {
-    local log=$1 pid=$2 regex=$3 line
-    for _ in $(seq 150); do
-        line=$(grep -m1 -E "$regex" "$log" 2>/dev/null || true)
-        if [[ $line =~ http://([^ ]+) ]]; then
-            echo "${BASH_REMATCH[1]}"
-            return 0
-        fi
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    echo "bench-gateway: no '$regex' in $log:" >&2
-    cat "$log" >&2
-    return 1
-}
-
-# CPU time of a process, in clock ticks (user + system).
-cpu_of() {
-    local stat
-    read -r stat <"/proc/$1/stat"
-    stat=${stat##*) }
-    local f
-    read -ra f <<<"$stat"
-    # Fields 14 and 15 of stat; 12 and 13 once pid and comm are cut off.
-    echo $((f[11] + f[12]))
+    spawn "$WORK/$name.log" env "${EXTRA_ENV[@]}" "${SERVER_CPU[@]}" "$ROSTER" "$@"
+    LAST_PID=$pid
 }
 
 # Busy and total ticks of the whole machine.
@@ -136,10 +103,15 @@ busy_percent() {
     echo $((100 * (b1 - b0) / (t1 - t0)))
 }
 
-echo "machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')" >&2
+{
+    machine_header wrk
+    echo "settings: ROUNDS=$ROUNDS DURATION=$DURATION CONNS=$CONNS THREADS=$THREADS LIGHT_DURATION=$LIGHT_DURATION PIN=$PIN MAX_OTHER=$MAX_OTHER TRIES=$TRIES"
+    echo "load before: $(uptime)"
+} >"$OUT/machine.txt"
+note "machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')"
 busy=$(busy_percent 2)
-echo "before starting: the machine is ${busy}% busy; load average $(cut -d' ' -f1-3 /proc/loadavg)" >&2
-((busy < 10)) || echo "bench-gateway: warning: something else is using the CPUs; the figures will be disturbed" >&2
+note "before starting: the machine is ${busy}% busy; load average $(cut -d' ' -f1-3 /proc/loadavg)"
+((busy < 10)) || note "bench-gateway: warning: something else is using the CPUs; the figures will be disturbed"
 
 start registry serve --data-dir "$WORK/registry.data" --listen-client-urls http://127.0.0.1:0
 REGISTRY_PID=$LAST_PID
@@ -177,9 +149,9 @@ run() {
     local kind=$1 target=$2 round=$3
     shift 3
     local proxy=${PROXY_PID[$target]} g0=0 g1=0 e0 e1 r0 r1 m0 m1 w
-    e0=$(cpu_of "$ECHO_PID")
-    r0=$(cpu_of "$REGISTRY_PID")
-    [[ -n $proxy ]] && g0=$(cpu_of "$proxy")
+    e0=$(cpu_ticks "$ECHO_PID")
+    r0=$(cpu_ticks "$REGISTRY_PID")
+    [[ -n $proxy ]] && g0=$(cpu_ticks "$proxy")
     m0=$(machine_ticks)
     # wrk runs in a subshell so that its CPU time can be read from the
     # subshell's reaped-children counters.
@@ -191,9 +163,9 @@ run() {
         echo $((f[13] + f[14]))
     )
     m1=$(machine_ticks)
-    e1=$(cpu_of "$ECHO_PID")
-    r1=$(cpu_of "$REGISTRY_PID")
-    [[ -n $proxy ]] && g1=$(cpu_of "$proxy")
+    e1=$(cpu_ticks "$ECHO_PID")
+    r1=$(cpu_ticks "$REGISTRY_PID")
+    [[ -n $proxy ]] && g1=$(cpu_ticks "$proxy")
     local ours=$(((e1 - e0) + (r1 - r0) + (g1 - g0) + w))
     awk -v kind="$kind" -v target="$target" -v round="$round" \
         -v gw=$((g1 - g0)) -v echo_=$((e1 - e0)) -v wrk="$w" -v ours=$ours \
@@ -220,7 +192,7 @@ run() {
         }' "$WORK/wrk.out" | tee "$WORK/row" | awk '{
             printf "  %-6s %-9s round %d  %9s req/s  p50 %7.3f ms  p99 %7.3f ms  cpu/req: gateway %5s us, echo %5s us, wrk %5s us  other %2d%%%s\n",
                 $1, $2, $3, $4, $5, $6, ($2 == "direct" ? "-" : $7), $8, $9, $10, ($11 > 0 ? "  ERRORS " $11 : "")
-        }' >&2
+        }' | tee -a "$OUT/run.log" >&2
 }
 
 # measure ARGS...: run ARGS, again while disturbed (see the top), and keep
@@ -232,7 +204,7 @@ measure() {
         read -r _ _ _ _ _ _ _ _ _ other _ <"$WORK/row"
         ((other <= MAX_OTHER)) && break
         ((try < TRIES)) || break
-        echo "  (disturbed: ${other}% of the CPUs busy elsewhere; waiting for quiet, then again)" >&2
+        note "  (disturbed: ${other}% of the CPUs busy elsewhere; waiting for quiet, then again)"
         for _ in $(seq 60); do
             (($(busy_percent 2) <= MAX_OTHER)) && break
         done
@@ -243,7 +215,7 @@ measure() {
 targets=(direct gateway gw-nolog)
 pin_note="unpinned"
 [[ -n "$PIN" ]] && pin_note="wrk on CPU 0, roster processes on CPU 1"
-echo "wrk -t$THREADS -c$CONNS -d$DURATION --latency, $ROUNDS rounds, $pin_note" >&2
+note "wrk -t$THREADS -c$CONNS -d$DURATION --latency, $ROUNDS rounds, $pin_note"
 for t in "${targets[@]}"; do
     "${WRK_CPU[@]}" wrk -t"$THREADS" -c"$CONNS" -d2s "${URL[$t]}" >/dev/null
 done
@@ -252,13 +224,14 @@ for round in $(seq "$ROUNDS"); do
         measure loaded "$t" "$round" -t"$THREADS" -c"$CONNS" -d"$DURATION"
     done
 done
-echo "wrk -t1 -c1 -d$LIGHT_DURATION --latency (one request at a time), $ROUNDS rounds" >&2
+note "wrk -t1 -c1 -d$LIGHT_DURATION --latency (one request at a time), $ROUNDS rounds"
 for round in $(seq "$ROUNDS"); do
     for t in "${targets[@]}"; do
         measure light "$t" "$round" -t1 -c1 -d"$LIGHT_DURATION"
     done
 done
-echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
+note "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "load after: $(uptime)" >>"$OUT/machine.txt"
 
 # The medians per target, and the gateways' ratios to direct: a Markdown
 # table on stdout.
@@ -291,4 +264,5 @@ awk '
                 kt[2] == "direct" ? "-" : sprintf("%.1f", median(gw[k])),
                 median(ec[k]), median(oth[k]), err[k]
         }
-    }' "$WORK/results"
+    }' "$WORK/results" | tee "$OUT/table.md"
+echo "results: $OUT" >&2

@@ -7,9 +7,11 @@
 # --quick    10k watchers and leases with short holds: a smoke run of about a
 #            minute. The full run takes about 5 minutes per round.
 # --rounds   rounds of roster, etcd (default 1); cells are medians.
-# --out      where raw results go (default bench/results/<UTC time>-scale);
+# --out      where raw results go (default bench/runs/<UTC date>-scale);
 #            raw.jsonl holds every measurement, timeline.tsv the server's
-#            CPU and RSS each second of every hold, table.md the table.
+#            CPU and RSS each second of every hold, table.md the table,
+#            machine.txt the machine and its load, *.log the servers' logs
+#            and each bench's stderr.
 # --no-build use the existing target/release/roster.
 #
 # Each server runs on free loopback ports with a fresh data directory, one
@@ -37,21 +39,16 @@
 # kept with the results.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
 
 quick=0
 rounds=1
 out=""
-build=1
-while (($#)); do
-  case "$1" in
-    --quick) quick=1 ;;
-    --rounds) rounds="$2"; shift ;;
-    --out) out="$2"; shift ;;
-    --no-build) build=0 ;;
-    *) echo "usage: $0 [--quick] [--rounds N] [--out DIR] [--no-build]" >&2; exit 2 ;;
-  esac
-  shift
-done
+USAGE="$0 [--quick] [--rounds N] [--out DIR] [--no-build]"
+# shellcheck disable=SC2034 # read by parse_args
+declare -A FLAGS=([--quick]=quick=1 [--rounds]=rounds [--out]=out [--no-build]=build=0)
+parse_args "$@"
 
 if ((quick)); then
   n=10000; watch_hold=5s; lease_hold=10s
@@ -60,74 +57,33 @@ else
 fi
 ttl=30
 
-for cmd in etcd python3; do
-  command -v "$cmd" >/dev/null 2>&1 || { echo "bench-scale: $cmd is needed" >&2; exit 1; }
-done
-if ((build)); then
-  cargo build --release -p roster
-fi
-roster="$PWD/target/release/roster"
-[ -x "$roster" ] || { echo "no $roster: build it or drop --no-build" >&2; exit 1; }
+need etcd etcd-server
+need python3 python3
+roster_binary
 
-out="${out:-bench/results/$(date -u +%Y%m%dT%H%M%SZ)-scale}"
+out="${out:-$(new_run_dir scale)}"
 mkdir -p "$out"
 raw="$out/raw.jsonl"
 timeline="$out/timeline.tsv"
 : >"$raw"
 printf 'round\tserver\tlife\tms_into_hold\tcpu_ticks\trss_kb\trss_anon_kb\n' >"$timeline"
-work="$(mktemp -d /tmp/roster-scale.XXXXXX)"
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
-  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+make_work scale
+# At exit, the servers' logs and each bench's stderr join the results.
+on_exit() {
   cp "$work"/*.log "$out/" 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-log() { echo "[$(date +%H:%M:%S)] $*" >&2; }
-
-free_port() {
-  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 
-# start SERVER DATA_DIR: starts the server on fresh free ports, sets $pid
-# and $ep.
+# start SERVER DATA_DIR: starts the server on fresh free ports and waits
+# until it answers.
 start() {
-  local server="$1" dir="$2" port peer
-  port=$(free_port)
-  ep="127.0.0.1:$port"
-  case "$server" in
-    etcd)
-      peer=$(free_port)
-      etcd --name default --data-dir "$dir" \
-        --listen-client-urls "http://$ep" --advertise-client-urls "http://$ep" \
-        --listen-peer-urls "http://127.0.0.1:$peer" \
-        --initial-advertise-peer-urls "http://127.0.0.1:$peer" \
-        --initial-cluster "default=http://127.0.0.1:$peer" \
-        >>"$work/$server.log" 2>&1 &
-      ;;
-    roster)
-      RUST_LOG=warn "$roster" serve --data-dir "$dir" \
-        --listen-client-urls "http://$ep" >>"$work/$server.log" 2>&1 &
-      ;;
-  esac
-  pid=$!
-  pids+=("$pid")
-  "$roster" bench ready --endpoints "$ep" --timeout 60s >/dev/null
+  local client_port peer_port
+  read -r client_port peer_port <<<"$(free_ports 2)"
+  ep="127.0.0.1:$client_port"
+  peer="127.0.0.1:$peer_port"
+  start_server "$1" "$2" "$work/$1.log"
+  wait_ready 60s
 }
 
-stop() {
-  kill -9 "$pid" 2>/dev/null || true
-  wait "$pid" 2>/dev/null || true
-}
-
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
-# Anonymous memory only: etcd maps its database file, and VmRSS also counts
-# the file's pages that are resident.
-anon_kb() { awk '/^RssAnon:/ {print $2}' "/proc/$1/status"; }
 median() { sort -n "$1" | awk '{v[NR] = $1} END {print NR ? v[int((NR + 1) / 2)] : "null"}'; }
 
 # hold ROUND SERVER LIFE ARGS...: runs `roster bench ARGS --json` against
@@ -176,6 +132,7 @@ hold() {
   anon1=$(median "$work/anon-samples")
   local rc=0
   wait "$bpid" || rc=$?
+  forget "$bpid"
   if ((rc != 0)); then
     log "  roster bench $1 exited with $rc against $server: $(tail -1 "$err")"
   fi
@@ -190,11 +147,8 @@ hold() {
 }
 
 {
-  echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
-  echo "command: $0 $([ $quick = 1 ] && echo --quick) --rounds $rounds"
-  echo "roster: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet 2>/dev/null || echo ' (dirty tree)')"
-  echo "etcd: $(etcd --version | head -1)"
-  echo "cpu: $(nproc) x $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')"
+  machine_header etcd
+  echo "rounds: $rounds$([ "$quick" = 1 ] && echo ', quick')"
   echo "n: $n watchers / leases; watch hold $watch_hold, lease hold $lease_hold, ttl $ttl s"
   echo "load before: $(uptime)"
 } | tee "$out/machine.txt"
@@ -204,15 +158,15 @@ for ((r = 1; r <= rounds; r++)); do
     start "$server" "$work/$server-streams-$r"
     hold "$r" "$server" streams hold-watchers --watchers 1000 --streams 1000 --conns 10 \
       --hold 5s
-    stop
+    stop_server
     start "$server" "$work/$server-watch-$r"
     hold "$r" "$server" watchers hold-watchers --watchers "$n" --streams 1000 --conns 10 \
       --hold "$watch_hold"
-    stop
+    stop_server
     start "$server" "$work/$server-lease-$r"
     hold "$r" "$server" leases hold-leases --leases "$n" --streams 100 --conns 10 \
       --clients 100 --ttl "$ttl" --hold "$lease_hold" --no-revoke
-    stop
+    stop_server
   done
 done
 echo "load after: $(uptime)" | tee -a "$out/machine.txt"

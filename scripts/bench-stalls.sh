@@ -3,7 +3,7 @@
 # a second for 8 s while something heavy runs beside it, and the put
 # latencies are printed per server and round, alternating etcd and roster.
 #
-#   scripts/bench-stalls.sh [--scenario reads|txns|compact|compactions|all] [--rounds N] [--no-build]
+#   scripts/bench-stalls.sh [--scenario reads|txns|compact|compactions|all] [--rounds N] [--out DIR] [--no-build]
 #
 # reads:        etcdctl reads all of 100k keys (256-byte values, a 25 MB
 #               answer) about three times a second. A registry's discovery
@@ -15,77 +15,55 @@
 # compactions:  over 300k versions of 100k keys, compact to the newest
 #               revision (dropping 200k), write 100k new versions, again.
 #
+# --rounds   rounds of etcd, roster per scenario (default 3).
+# --out      where the results go (default bench/runs/<UTC date>-stalls):
+#            output.txt holds the lines printed (one per server, scenario
+#            and round), machine.txt the machine and its load.
+# --no-build use the existing target/release/roster.
 # ROSTER=path/to/roster measures that binary instead (implies --no-build).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
 
 rounds=3
-build=1
 scenario=all
-while (($#)); do
-  case "$1" in
-    --scenario) scenario="$2"; shift ;;
-    --rounds) rounds="$2"; shift ;;
-    --no-build) build=0 ;;
-    *) echo "usage: $0 [--scenario reads|txns|compact|compactions|all] [--rounds N] [--no-build]" >&2; exit 2 ;;
-  esac
-  shift
-done
+out=""
+USAGE="$0 [--scenario reads|txns|compact|compactions|all] [--rounds N] [--out DIR] [--no-build]"
+# shellcheck disable=SC2034 # read by parse_args
+declare -A FLAGS=([--scenario]=scenario [--rounds]=rounds [--out]=out [--no-build]=build=0)
+parse_args "$@"
 case "$scenario" in
   all) scenarios="reads txns compact compactions" ;;
   reads | txns | compact | compactions) scenarios="$scenario" ;;
   *) echo "unknown scenario $scenario" >&2; exit 2 ;;
 esac
 
-for tool in etcd etcdctl; do
-  command -v "$tool" >/dev/null 2>&1 || {
-    echo "bench-stalls: needs $tool (Debian etcd-server, etcd-client)" >&2
-    exit 1
-  }
-done
-if [ -n "${ROSTER:-}" ]; then
-  build=0
-fi
-if ((build)); then
-  cargo build --release -p roster
-fi
-roster="${ROSTER:-$PWD/target/release/roster}"
-[ -x "$roster" ] || { echo "no $roster: build it or drop --no-build" >&2; exit 1; }
+need etcd etcd-server
+need etcdctl etcd-client
+need python3 python3
+roster=${ROSTER:-}
+roster_binary
 
-work="$(mktemp -d /tmp/roster-stalls.XXXXXX)"
-pid=""
-cleanup() {
-  [ -n "$pid" ] && kill -9 "$pid" 2>/dev/null || true
-  rm -rf "$work"
+out="${out:-$(new_run_dir stalls)}"
+mkdir -p "$out"
+make_work stalls
+
+# Loopback ports nothing listens on, kept for the whole run.
+read -r client_port peer_port <<<"$(free_ports 2)"
+ep="127.0.0.1:$client_port"
+peer="127.0.0.1:$peer_port"
+
+# say LINE: prints LINE and keeps it in the run's output.txt.
+say() {
+  echo "$*" | tee -a "$out/output.txt"
 }
-trap cleanup EXIT
 
-# Fixed loopback ports, away from the defaults and from bench-vs-etcd.sh.
-ep="127.0.0.1:23279"
-peer="127.0.0.1:23280"
-
+# start SERVER ROUND: starts the server with a fresh data directory and
+# waits until it answers.
 start() {
-  local dir="$work/$1-$2"
-  case "$1" in
-    etcd)
-      etcd --name default --data-dir "$dir" \
-        --listen-client-urls "http://$ep" --advertise-client-urls "http://$ep" \
-        --listen-peer-urls "http://$peer" --initial-advertise-peer-urls "http://$peer" \
-        --initial-cluster "default=http://$peer" >>"$work/$1.log" 2>&1 &
-      ;;
-    roster)
-      RUST_LOG=warn "$roster" serve --data-dir "$dir" \
-        --listen-client-urls "http://$ep" >>"$work/$1.log" 2>&1 &
-      ;;
-  esac
-  pid=$!
-  "$roster" bench ready --endpoints "$ep" >/dev/null
-}
-
-stop() {
-  kill -9 "$pid" 2>/dev/null || true
-  wait "$pid" 2>/dev/null || true
-  pid=""
+  start_server "$1" "$work/$1-$2" "$work/$1.log"
+  wait_ready 60s
 }
 
 # load: writes 100k keys (one version each) in txns of 100.
@@ -123,7 +101,12 @@ heavy() {
   esac
 }
 
-echo "load: $(uptime)"
+{
+  machine_header etcd
+  if [ -n "${ROSTER:-}" ]; then echo "binary: $roster"; fi
+  echo "load before: $(uptime)"
+} >"$out/machine.txt"
+say "load: $(uptime)"
 for scenario in $scenarios; do
   for round in $(seq "$rounds"); do
     for server in etcd roster; do
@@ -135,6 +118,7 @@ for scenario in $scenarios; do
       "$roster" bench put --endpoints "$ep" --clients 1 --rate 500 --duration 8s \
         --key-prefix /other/ >"$work/put.out" 2>&1 &
       put=$!
+      pids+=("$put")
       sleep 1
       n=0
       while kill -0 "$put" 2>/dev/null; do
@@ -143,9 +127,12 @@ for scenario in $scenarios; do
         sleep 0.3
       done
       wait "$put"
-      echo "$scenario: $server round $round, $n times: $(grep 'latency ms' "$work/put.out" | sed 's/^ *//')"
-      stop
+      forget "$put"
+      say "$scenario: $server round $round, $n times: $(grep 'latency ms' "$work/put.out" | sed 's/^ *//')"
+      stop_server
     done
   done
 done
-echo "load: $(uptime)"
+say "load: $(uptime)"
+echo "load after: $(uptime)" >>"$out/machine.txt"
+echo "results: $out/output.txt" >&2

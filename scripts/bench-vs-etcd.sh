@@ -7,16 +7,17 @@
 #   scripts/bench-vs-etcd.sh [--quick] [--rounds N] [--out DIR] [--no-build]
 #
 # --quick    short runs and 10k instead of 100k keys: a smoke run of a few
-#            minutes. The full run takes roughly half an hour.
+#            minutes. The full run takes about 12 minutes.
 # --rounds   rounds of A B (default 3).
-# --out      where raw results go (default bench/results/<UTC time>);
-#            raw.jsonl holds every report, table.md the table.
+# --out      where raw results go (default bench/runs/<UTC date>-vs-etcd);
+#            raw.jsonl holds every report, table.md the table, machine.txt
+#            the machine and its load.
 # --no-build use the existing target/release/roster.
 #
-# Both servers run on loopback with fresh data directories, one at a time,
-# so they never compete with each other; the load generator shares the
-# machine with the server it measures, identically for both. Each round,
-# each server gets two lives:
+# Both servers run on free loopback ports with fresh data directories, one
+# at a time, so they never compete with each other; the load generator
+# shares the machine with the server it measures, identically for both.
+# Each round, each server gets two lives:
 #   data: load the keys (txns of 100 puts), read VmRSS, serializable and
 #         linearizable range with 1000 clients, then kill -9 and time the
 #         restart until a linearizable Range succeeds;
@@ -27,21 +28,16 @@
 # the start and end, and kept with the results.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
 
 quick=0
 rounds=3
 out=""
-build=1
-while (($#)); do
-  case "$1" in
-    --quick) quick=1 ;;
-    --rounds) rounds="$2"; shift ;;
-    --out) out="$2"; shift ;;
-    --no-build) build=0 ;;
-    *) echo "usage: $0 [--quick] [--rounds N] [--out DIR] [--no-build]" >&2; exit 2 ;;
-  esac
-  shift
-done
+USAGE="$0 [--quick] [--rounds N] [--out DIR] [--no-build]"
+# shellcheck disable=SC2034 # read by parse_args
+declare -A FLAGS=([--quick]=quick=1 [--rounds]=rounds [--out]=out [--no-build]=build=0)
+parse_args "$@"
 
 # put->event is measured at watch_rate puts a second.
 watch_rate=100
@@ -62,70 +58,26 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
-if ((build)); then
-  cargo build --release -p roster
-fi
-roster="$PWD/target/release/roster"
-[ -x "$roster" ] || { echo "no $roster: build it or drop --no-build" >&2; exit 1; }
+roster_binary
 
-out="${out:-bench/results/$(date -u +%Y%m%dT%H%M%SZ)}"
+out="${out:-$(new_run_dir vs-etcd)}"
 mkdir -p "$out"
 raw="$out/raw.jsonl"
 : >"$raw"
-work="$(mktemp -d /tmp/roster-bench.XXXXXX)"
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
-  rm -rf "$work"
-}
-trap cleanup EXIT
+make_work bench
 
-# Loopback ports: a fixed block well away from the defaults, so a stray
-# etcd on 2379 is never measured by mistake.
-client_port=23179
-peer_port=23180
-noop_port=23181
+# Loopback ports nothing listens on, kept for the whole run (a restart
+# finds its server where it was), so a stray etcd on 2379 is never
+# measured by mistake.
+read -r client_port peer_port <<<"$(free_ports 2)"
 ep="127.0.0.1:$client_port"
-
-log() { echo "[$(date +%H:%M:%S)] $*" >&2; }
-
-# start SERVER DATA_DIR: starts the server in the background, sets $pid.
-start() {
-  local server="$1" dir="$2"
-  case "$server" in
-    etcd)
-      etcd --name default --data-dir "$dir" \
-        --listen-client-urls "http://$ep" --advertise-client-urls "http://$ep" \
-        --listen-peer-urls "http://127.0.0.1:$peer_port" \
-        --initial-advertise-peer-urls "http://127.0.0.1:$peer_port" \
-        --initial-cluster "default=http://127.0.0.1:$peer_port" \
-        >>"$work/$server.log" 2>&1 &
-      ;;
-    roster)
-      RUST_LOG=warn "$roster" serve --data-dir "$dir" \
-        --listen-client-urls "http://$ep" >>"$work/$server.log" 2>&1 &
-      ;;
-  esac
-  pid=$!
-  pids+=("$pid")
-}
-
-# stop: kill -9 the running server and wait until it is gone.
-stop() {
-  kill -9 "$pid" 2>/dev/null || true
-  wait "$pid" 2>/dev/null || true
-}
+peer="127.0.0.1:$peer_port"
 
 # record ROUND SERVER ROW JSON [SERVER_CPU_S]: appends one tagged report to
 # raw.jsonl.
 record() {
   printf '{"round":%s,"server":"%s","row":"%s","server_cpu_s":%s,"report":%s}\n' \
     "$1" "$2" "$3" "${5:-null}" "$4" >>"$raw"
-}
-
-# cpu_ticks PID: user + system CPU the process has used, in 1/100 s.
-cpu_ticks() {
-  awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0
 }
 
 # run ROUND SERVER ROW ARGS...: one `roster bench` run, recorded. A run
@@ -148,39 +100,42 @@ value() {
   record "$1" "$2" "$3" "{\"value\":$4}"
 }
 
+# start SERVER DIR: starts the server with that data directory.
+start() {
+  start_server "$1" "$2" "$work/$1.log"
+}
+
 data_life() {
-  local round="$1" server="$2" dir="$work/$server-data-$1"
+  local round="$1" server="$2"
+  local dir="$work/$server-data-$round"
   start "$server" "$dir"
-  "$roster" bench ready --endpoints "$ep" >/dev/null
+  wait_ready 60s
   log "round $round $server: loading $keys keys"
   "$roster" bench range --endpoints "$ep" --conns 10 --clients 10 \
     --load-keys "$keys" --total 1 --json >/dev/null
   sleep 1
-  local rss_kb anon_kb
-  rss_kb=$(awk '/^VmRSS:/ {print $2}' "/proc/$pid/status")
-  anon_kb=$(awk '/^RssAnon:/ {print $2}' "/proc/$pid/status")
-  value "$round" "$server" rss_mb "$(echo "$rss_kb" | awk '{printf "%.1f", $1/1024}')"
   # VmRSS counts file pages the process has mapped (etcd maps its whole
   # database); RssAnon is the process's own memory alone.
-  value "$round" "$server" rss_anon_mb "$(echo "$anon_kb" | awk '{printf "%.1f", $1/1024}')"
+  value "$round" "$server" rss_mb "$(rss_kb "$pid" | awk '{printf "%.1f", $1/1024}')"
+  value "$round" "$server" rss_anon_mb "$(anon_kb "$pid" | awk '{printf "%.1f", $1/1024}')"
   run "$round" "$server" range-s-1000 range --endpoints "$ep" --conns 100 --clients 1000 \
     --key-space "$keys" --consistency s --duration "$dur"
   run "$round" "$server" range-l-1000 range --endpoints "$ep" --conns 100 --clients 1000 \
     --key-space "$keys" --consistency l --duration "$dur"
-  stop
+  stop_server
   local t0 t1
   t0=$(date +%s%N)
   start "$server" "$dir"
-  "$roster" bench ready --endpoints "$ep" --timeout 120s >/dev/null
+  wait_ready 120s
   t1=$(date +%s%N)
   value "$round" "$server" restart_ms "$(( (t1 - t0) / 1000000 ))"
-  stop
+  stop_server
 }
 
 ops_life() {
-  local round="$1" server="$2" dir="$work/$server-ops-$1"
-  start "$server" "$dir"
-  "$roster" bench ready --endpoints "$ep" >/dev/null
+  local round="$1" server="$2"
+  start "$server" "$work/$server-ops-$round"
+  wait_ready 60s
   run "$round" "$server" put-1 put --endpoints "$ep" --conns 1 --clients 1 --duration "$dur"
   run "$round" "$server" put-100 put --endpoints "$ep" --conns 10 --clients 100 --duration "$dur"
   run "$round" "$server" put-1000 put --endpoints "$ep" --conns 100 --clients 1000 --duration "$dur"
@@ -194,16 +149,12 @@ ops_life() {
     --duration "$dur"
   run "$round" "$server" discover discover --endpoints "$ep" --conns 10 --clients 1 \
     --discoverers 100 --duration "$dur"
-  stop
+  stop_server
 }
 
 {
-  echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
-  echo "command: $0 $([ $quick = 1 ] && echo --quick) --rounds $rounds"
-  echo "roster: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet 2>/dev/null || echo ' (dirty tree)')"
-  echo "etcd: $(etcd --version | head -1)"
-  echo "cpu: $(nproc) x $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')"
-  echo "memory: $(free -g | awk '/^Mem:/ {print $2}') GiB"
+  machine_header etcd
+  echo "rounds: $rounds$([ "$quick" = 1 ] && echo ', quick')"
   echo "load before: $(uptime)"
 } | tee "$out/machine.txt"
 
@@ -211,21 +162,20 @@ ops_life() {
 # of one durable small write on the disk the data lives on. Taken before
 # and after the rounds, since a shared machine's load drifts.
 ceilings() {
+  local noop
   : >"$work/noop.log"
-  RUST_LOG=warn "$roster" bench noop-server --listen "127.0.0.1:$noop_port" 2>>"$work/noop.log" &
-  pid=$!
-  pids+=("$pid")
-  until grep -q "ready to serve" "$work/noop.log" 2>/dev/null; do sleep 0.05; done
-  run "$1" ceiling noop-1 noop --endpoints "127.0.0.1:$noop_port" --conns 1 --clients 1 --duration "$dur"
-  run "$1" ceiling noop-100 noop --endpoints "127.0.0.1:$noop_port" --conns 10 --clients 100 \
+  RUST_LOG=warn spawn "$work/noop.log" "$roster" bench noop-server --listen 127.0.0.1:0
+  noop=$(wait_addr "$work/noop.log" "$pid" "ready to serve")
+  run "$1" ceiling noop-1 noop --endpoints "$noop" --conns 1 --clients 1 --duration "$dur"
+  run "$1" ceiling noop-100 noop --endpoints "$noop" --conns 10 --clients 100 \
     --duration "$dur"
-  run "$1" ceiling noop-1000 noop --endpoints "127.0.0.1:$noop_port" --conns 100 --clients 1000 \
+  run "$1" ceiling noop-1000 noop --endpoints "$noop" --conns 100 --clients 1000 \
     --duration "$dur"
   # At the put->event row's pace: the floor under that row is one call
   # there and back plus one sync, each paying for an idle machine.
-  run "$1" ceiling noop-paced noop --endpoints "127.0.0.1:$noop_port" --conns 1 --clients 1 \
+  run "$1" ceiling noop-paced noop --endpoints "$noop" --conns 1 --clients 1 \
     --rate "$watch_rate" --duration "$lat_dur"
-  stop
+  stop_server
   run "$1" ceiling fsync fsync --dir "$work" --total 1000
   run "$1" ceiling fsync-paced fsync --dir "$work" --total "$paced_syncs" --rate "$watch_rate"
 }

@@ -10,9 +10,9 @@ use clap::{Parser, Subcommand};
 /// mimalloc rather than glibc's malloc: a put is decoded on one thread,
 /// logged and applied on another and answered on a third, and glibc's
 /// arenas take a lock (often a futex call) when memory is freed by a thread
-/// other than the one that allocated it. Server CPU per put fell from 51 to
-/// 40 µs at 1000 clients. `.cargo/config.toml` builds it to commit memory
-/// as it is used, which keeps the resident set near glibc's.
+/// other than the one that allocated it. `.cargo/config.toml` builds it to
+/// commit memory as it is used, which keeps the resident set near glibc's.
+/// Measured: `docs/decisions.md`, entry 27.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -182,7 +182,7 @@ impl Lessor {
     /// Remaining TTLs worth recording (see the module notes), in lease id
     /// order: a command of consecutive ids updates a few neighbouring pages
     /// of the store's lease table, where ids at random would copy nearly
-    /// every page of it once per command.
+    /// every page of it once per command (`docs/decisions.md`, entry 23).
     pub fn checkpoints(&self) -> Vec<LeaseCheckpoint> {
         let now = Instant::now();
         let inner = self.inner.lock();
@@ -233,8 +233,9 @@ pub async fn run(node: Arc<Node>, stop: impl std::future::Future<Output = ()>) {
             }
             _ = checkpoint.tick() => {
                 // In commands of at most CHECKPOINT_BATCH leases, one after
-                // another: one command for 100k leases held the store's
-                // lock for 0.2-0.3 s, stalling every read and keepalive.
+                // another: one command for every lease held the store's
+                // lock long enough to stall every read and keepalive
+                // (docs/decisions.md, entry 22).
                 let checkpoints = node.lessor.checkpoints();
                 for chunk in checkpoints.chunks(CHECKPOINT_BATCH) {
                     let checkpoints = chunk.to_vec();

@@ -2,26 +2,35 @@
 //!
 //! A write is durable once its command is in the write-ahead log and the log
 //! is synced; the store is then updated in memory (redb gets it at the next
-//! checkpoint), watchers
-//! hear of it, and the proposer is answered. Whoever holds the *core* (the
-//! log, the checkpoint clock and the commit hook) does this for a batch of
-//! commands, numbering them as consecutive log entries: one write and one
-//! `fdatasync` per batch.
+//! checkpoint), watchers hear of it, and the proposer is answered. Whoever
+//! holds the *core* (the log, the checkpoint clock and the commit hook)
+//! does this for a batch of commands, numbering them as consecutive log
+//! entries: one write and one `fdatasync` per batch.
+//!
+//! ```text
+//! proposer --(write path idle)--> commits its own write ---+
+//!    |                                                     |
+//!    +--(otherwise)--> queue --> writer thread ------------+
+//!                                                          v
+//!                  core: append + fdatasync, apply, publish, answer
+//!
+//! checkpointer: store -> redb, release the log, sweep compactions
+//! ```
 //!
 //! Two kinds of thread take the core:
 //!
 //! - **The proposer itself**, when nothing is queued and the writer thread
 //!   is idle. A lone client then pays for its own sync and nothing else: no
-//!   hand-off to another thread and back, which on a virtual machine costs
-//!   more than the sync (each wake-up of an idle CPU is tens of
-//!   microseconds). It blocks its tokio worker for that one sync, on
-//!   purpose: `block_in_place` would hand the worker's other tasks to a
-//!   fresh thread, and the response, written by the connection's task,
-//!   would then wait for that thread to wake, which gave back most of the
-//!   gain when measured. The block is bounded: one proposer at a time holds
-//!   the core, only while the write path is otherwise idle, and the other
-//!   workers take over the blocked one's queued tasks. A current-thread
-//!   runtime has no other worker, so there proposals always queue.
+//!   hand-off to another thread and back, which on a virtual machine can
+//!   cost more than the sync: waking a thread whose CPU is idle is slow
+//!   there. It blocks its tokio worker for that one sync, on purpose:
+//!   `block_in_place` would hand the worker's other tasks to a fresh
+//!   thread, and the response, written by the connection's task, would
+//!   then wait for that thread to wake. The block is bounded: one proposer
+//!   at a time holds the core, only while the write path is otherwise
+//!   idle, and the other workers take over the blocked one's queued tasks.
+//!   A current-thread runtime has no other worker, so there proposals
+//!   always queue.
 //! - **The writer thread**, for everything else. Proposals that find the
 //!   core busy queue up; the writer takes all of them (at most
 //!   [`MAX_BATCH`]) as soon as the core is free. While one batch syncs the
@@ -34,19 +43,23 @@
 //! drops the log segments the store no longer needs, so a restart replays
 //! at most that much log (see `roster_store::wal`). The first commit after
 //! a checkpoint starts that clock. Commits go on while the store writes out
-//! (it sets the writes aside first): a checkpoint takes milliseconds, most
-//! of them waiting on the disk, and holding the core through it held up
+//! (it sets the writes aside first): a checkpoint spends most of its time
+//! waiting on the disk, and holding the core through it would hold up
 //! every write that came meanwhile. Behind a lone writer it holds the core
-//! all the same, which measured faster (see `Shared::checkpoint`). Between
-//! checkpoints the same thread drops what compactions passed, from the
-//! index a piece at a time and from storage a batch at a time (see
-//! `Shared::sweep`); a physical compaction is answered once it is gone. When the write path closes,
-//! the checkpointer waits for the writer to finish what is queued and
-//! makes a last checkpoint, so the next start replays nothing.
+//! all the same (see `Shared::checkpoint`). Between checkpoints the same
+//! thread drops what compactions passed, from the index a piece at a time
+//! and from storage a batch at a time (see `Shared::sweep`); a physical
+//! compaction is answered once it is gone. When the write path closes, the
+//! checkpointer waits for the writer to finish what is queued and makes a
+//! last checkpoint, so the next start replays nothing.
 //!
 //! A storage failure on this path is fatal: the in-memory state may be ahead
 //! of the disk, so the write path closes, every pending and later proposal
 //! gets `server stopped`, and the node's shutdown signal fires.
+//!
+//! What was measured to shape this, and the variants dropped:
+//! `docs/decisions.md`, entries 4–9 (commits and checkpoints) and 16–17
+//! (compactions).
 
 use std::collections::VecDeque;
 use std::path::Path;
@@ -74,10 +87,9 @@ pub const MAX_BATCH: usize = 1024;
 pub const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
 
 /// Records pending in the store that make a checkpoint due sooner. Commits
-/// no longer wait for a checkpoint, but its redb commit shares the CPUs and
-/// the disk with them, and a small one spreads that out: at 100 clients,
-/// checkpoints of 4096 records gave the same throughput as 512 and a worse
-/// p99 (8–11 ms against 7–9).
+/// do not wait for a checkpoint, but its redb commit shares the CPUs and
+/// the disk with them, and small ones spread that out (measured against a
+/// larger cap: `docs/decisions.md`, entry 7).
 pub const CHECKPOINT_RECORDS: usize = 512;
 
 struct Proposal {
@@ -344,9 +356,9 @@ impl Shared {
     /// Drops a piece of what compactions passed from the index and a
     /// batch of their records from storage, and answers the physical
     /// compactions that waited for it once none is left. Done here rather
-    /// than on the write path: for one compaction of 200k versions the
-    /// index took 25 ms and redb 420 ms, and every write waited that long.
-    /// Checkpoints, due every 100 ms, come between batches.
+    /// than on the write path, where every write waited for it
+    /// (`docs/decisions.md`, entries 16 and 17). Checkpoints, due every
+    /// 100 ms, come between batches.
     fn sweep(&self) -> Result<(), StoreError> {
         // Their compactions were all published before they were queued.
         let waiting = std::mem::take(&mut *self.physical.lock());
@@ -433,11 +445,11 @@ impl Shared {
     /// no longer needs.
     ///
     /// Behind a lone writer (its last commit was its own) the checkpoint
-    /// holds the core anyway: run beside one client's puts, checkpoints
-    /// made them 11% slower (10 alternating rounds), their commits no
-    /// slower but the wake-ups between client and server slower, as the
-    /// scheduler placed the threads anew on the two vCPUs. A lone writer
-    /// waits about 2 ms in every 100 instead.
+    /// holds the core anyway. Run beside one client's puts, checkpoints
+    /// slowed them: not their commits, but the wake-ups between client and
+    /// server, as the scheduler placed the threads anew on the two vCPUs.
+    /// The lone writer waits for the checkpoint instead
+    /// (`docs/decisions.md`, entry 9).
     fn checkpoint(&self) -> Result<(), StoreError> {
         let started = Instant::now();
         let held = self.lone.load(Ordering::Relaxed).then(|| self.core.lock());

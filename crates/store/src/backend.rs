@@ -68,10 +68,10 @@ impl<T: ReadableTable<u128, &'static [u8]>> Records for T {
 
 /// The `kv` table of a read transaction begun only when a record is first
 /// asked for. Applying a batch of plain puts reads nothing from redb, and
-/// beginning a read transaction and opening the table cost about 4 µs,
-/// which a lone client pays on every write. The caller must keep redb from
-/// changing meanwhile (the store's `writing` lock), so the transaction sees
-/// what one begun earlier would have.
+/// beginning a read transaction and opening the table is a cost a lone
+/// client would pay on every write (`docs/decisions.md`, entry 11). The
+/// caller must keep redb from changing meanwhile (the store's `writing`
+/// lock), so the transaction sees what one begun earlier would have.
 pub struct LazyKv<'a> {
     db: &'a Database,
     table: OnceCell<ReadOnlyTable<u128, &'static [u8]>>,

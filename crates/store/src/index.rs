@@ -151,8 +151,9 @@ impl KeyIndex {
     /// when the key is absent or deleted there), finding the key once, and
     /// returns that live version and the new one. A put of a key that
     /// exists costs one descent of the tree instead of a lookup and then a
-    /// second one. As with [`KeyIndex::push`], revisions must arrive in
-    /// increasing order per key.
+    /// second one (`docs/decisions.md`, entry 12). As with
+    /// [`KeyIndex::push`], revisions must arrive in increasing order per
+    /// key.
     pub fn push_next(
         &mut self,
         key: &[u8],

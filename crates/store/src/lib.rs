@@ -33,6 +33,9 @@
 //!   applied, so the store itself needs an fsync only at checkpoints.
 //! - `store`: the [`Store`] that ties them together and guards concurrency;
 //!   `store::checkpoint` writes the pending writes out beside new batches.
+//!
+//! Why these parts are shaped as they are, and what was measured to
+//! decide it, is in `docs/decisions.md`.
 
 pub mod apply;
 pub mod backend;

@@ -2,16 +2,24 @@
 //!
 //! A batch whose durability is the write-ahead log's does not need redb's
 //! copy-on-write either: a non-durable redb commit still copies and
-//! checksums every page the batch touched and updates the allocator, about
-//! 50 µs for a single put, a tenth of its whole latency. So applied records
-//! and lease rows go into the maps here, and a checkpoint writes all of
-//! them to redb in one durable commit. Readers look here first, then in
-//! redb ([`Layered`]).
+//! checksums every page the batch touched and updates the allocator, a
+//! cost every write would pay (measured: `docs/decisions.md`, entry 6).
+//! So applied records and lease rows go into the maps here, and a
+//! checkpoint writes all of them to redb in one durable commit.
 //!
 //! A checkpoint writes out a *frozen* generation: when it begins, the
 //! pending maps are set aside, read-only, and new writes go into fresh
 //! ones, so applying goes on while redb commits (see `store::checkpoint`).
-//! Readers look in the fresh maps, then the frozen ones, then redb.
+//! A reader ([`Layered`]) looks from the top down and takes the first
+//! record it finds:
+//!
+//! ```text
+//! pending   batches applied since the last checkpoint began
+//!    |
+//! frozen    the generation a checkpoint is writing out, while one runs
+//!    |
+//! redb      everything a checkpoint has committed
+//! ```
 //!
 //! Revisions rise from redb to the frozen maps to the fresh ones, except
 //! for the moment between a checkpoint's commit and the dropping of its

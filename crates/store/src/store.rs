@@ -21,11 +21,11 @@
 //! - A compaction raises the compacted revision at publication: reads below
 //!   it are refused from then on. The history it passed is dropped later,
 //!   in [`Store::sweep_compacted`]: from the index a piece at a time, then
-//!   from redb (going over the index of 100k keys at once held every write
-//!   up 25 ms). Reads at or above the compacted revision never need what is
-//!   dropped. A reader that saw the index before a drop opened its read
-//!   transaction before it too, so the records it may ask for are still in
-//!   its snapshot.
+//!   from redb, so that neither part holds writes up (measured:
+//!   `docs/decisions.md`, entries 16 and 17). Reads at or above the
+//!   compacted revision never need what is dropped. A reader that saw the
+//!   index before a drop opened its read transaction before it too, so the
+//!   records it may ask for are still in its snapshot.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -63,19 +63,20 @@ const NEVER_COMPACTED: i64 = -1;
 /// up holding the whole database in the process's own memory after the
 /// index rebuild scans it; the kernel's page cache keeps the file at hand
 /// anyway, so a small cache for the hot B-tree pages is enough: a cache miss
-/// costs a `pread` from memory, not a disk read. Loading 100k keys filled
-/// 8 MiB; at 2 MiB the process is 7.5 MiB smaller, and neither serializable
-/// range nor put throughput moved beyond the noise (3 alternating rounds
-/// each, 1000 and 100 clients). Half of it may hold a write transaction's
-/// dirty pages; a checkpoint of 512 records dirties a few hundred KiB.
+/// costs a `pread` from memory, not a disk read. Half of it may hold a
+/// write transaction's dirty pages; a checkpoint of 512 records dirties a
+/// few hundred KiB. Measured against larger caches: `docs/decisions.md`,
+/// entry 10.
 const CACHE_BYTES: usize = 2 << 20;
 
-/// Compacted records settled per [`Store::finish_compaction`] step: a
-/// redb transaction deleting this many takes about 9 ms.
+/// Compacted records settled per [`Store::finish_compaction`] step, in one
+/// redb transaction. The checkpointer takes one step at a time, so a
+/// checkpoint never waits long behind them (`docs/decisions.md`, entry 16).
 pub const SWEEP_BATCH: usize = 4096;
 
 /// Index keys a [`Store::sweep_compacted`] goes over for a compaction per
-/// hold of the state lock: about 1 ms of work.
+/// hold of the state lock: a short piece, so that writes waiting for the
+/// lock are not held up (`docs/decisions.md`, entry 17).
 pub(crate) const PRUNE_CHUNK: usize = 4096;
 
 /// What one [`Store::sweep_compacted`] did.
@@ -433,8 +434,9 @@ impl Store {
     /// that compactions dropped from the index: those still pending are
     /// forgotten, the stored ones are deleted from redb in one
     /// transaction. Holds no lock that writes wait for, but the state lock
-    /// for a moment at a time: deleting 200k records took 420 ms, and done
-    /// on the write path it held every write up that long.
+    /// for a moment at a time: done on the write path, deleting a large
+    /// compaction's records held every write up (`docs/decisions.md`,
+    /// entry 16).
     pub fn sweep_compacted(&self, budget: usize) -> Result<Swept, StoreError> {
         let (pruned, pruning) = self.prune();
         let mut garbage = std::mem::take(&mut *self.garbage.lock());

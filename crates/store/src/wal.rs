@@ -2,14 +2,22 @@
 //!
 //! A write is acknowledged once it is durable. Committing redb durably for
 //! every batch costs a copy-on-write of every B-tree page the batch touched
-//! (about nine page writes for a single put) plus an fsync; appending the
-//! batch's commands to a log costs one sequential write and one
-//! `fdatasync`. So the writer appends each batch here first, then applies it
-//! to the store in memory (its pending writes), and writes the store out
-//! durably only now and then (a *checkpoint*). After a crash the store comes back at its
-//! last checkpoint and the log replays what came after, through the same
-//! deterministic apply. This is etcd's shape (WAL plus a periodic backend
-//! commit), and the shape a Raft log will take.
+//! plus an fsync; appending the batch's commands to a log costs one
+//! sequential write and one `fdatasync`. So the writer appends each batch
+//! here first, then applies it to the store in memory (its pending writes),
+//! and writes the store out durably only now and then (a *checkpoint*):
+//!
+//! ```text
+//! append + fdatasync  ->  log segment     the write is durable
+//! apply               ->  pending writes  readers see it; it is answered
+//! checkpoint          ->  redb            the log up to here is released
+//! ```
+//!
+//! After a crash the store comes back at its last checkpoint and the log
+//! replays what came after, through the same deterministic apply. This is
+//! etcd's shape (WAL plus a periodic backend commit), and the shape a Raft
+//! log will take. Measured against a durable redb commit per batch, and the
+//! ways of appending that were tried: `docs/decisions.md`, entries 1–3.
 //!
 //! On disk the log is a directory of *segments*, each named after the index
 //! of its first entry (`00000000000000000001.wal`) and preallocated with

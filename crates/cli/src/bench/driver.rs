@@ -18,7 +18,7 @@
 //! ran the connection's task, freshly woken, after each client, and every
 //! request took a write of its own: on loopback a write also carries the
 //! receiver's TCP work, so that cost both the generator and the server
-//! measured.
+//! measured (`docs/decisions.md`, entry 29).
 //!
 //! Workers are built, and their connections and streams set up, before
 //! [`drive`] is called, so that setting up is never measured. The progress

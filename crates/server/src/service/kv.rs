@@ -56,8 +56,8 @@ impl KvService {
 }
 
 /// Runs `step` until it answers, letting the worker run other tasks
-/// between steps: a range over 100k keys takes about 200 ms, and puts
-/// waiting on the same worker meanwhile waited up to 270 ms.
+/// between steps: read in one go, a long range held up every task waiting
+/// on the same worker (measured: `docs/decisions.md`, entry 14).
 async fn in_pieces<T>(
     mut step: impl FnMut() -> Result<Option<T>, StoreError>,
 ) -> Result<T, ServerError> {
@@ -159,7 +159,7 @@ impl Kv for KvService {
 
 /// The KV service's gRPC endpoint, written out by hand (see
 /// [`crate::unary`]): what tonic's generated `KvServer` would be, without
-/// its streaming codec.
+/// its streaming codec (measured: `docs/decisions.md`, entry 26).
 #[derive(Clone)]
 pub struct KvServer {
     service: Arc<KvService>,

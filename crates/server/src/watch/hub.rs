@@ -198,7 +198,8 @@ impl Hub {
         // one allocation however many watchers). Sorted even for one event:
         // a watcher id starts with its stream's, so each stream's responses
         // go out back to back, and its task, woken by the first, finds them
-        // all and writes them at once rather than one write per watcher.
+        // all and writes them at once rather than one write per watcher
+        // (docs/decisions.md, entry 20).
         let mut hits: Vec<(WatcherId, usize)> = Vec::new();
         for (i, e) in events.iter().map(Borrow::borrow).enumerate() {
             if let Some(kv) = &e.kv {

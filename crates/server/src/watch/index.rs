@@ -1,10 +1,10 @@
 //! Which watchers an event's key concerns, without asking every watcher.
 //!
-//! Publishing a batch used to test every watcher of every stream against
-//! every event: about 15 ns per uninterested watcher, on the writer's
-//! thread, so 100k watchers on other keys would add over a millisecond to
-//! every write. The index answers "who watches this key" from what the
-//! watchers asked for:
+//! The hub publishes each batch on the writer's thread, so whatever it
+//! costs, every write pays. Testing every watcher of every stream against
+//! every event would make each write pay for every watcher, interested or
+//! not (measured: `docs/decisions.md`, entry 19). The index answers "who
+//! watches this key" from what the watchers asked for:
 //! - a single key: a hash map from the key;
 //! - a prefix (`range_end` is the key's prefix end, what registries and
 //!   `etcdctl watch --prefix` use): a hash map from the prefix, probed with

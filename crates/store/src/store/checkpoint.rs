@@ -2,10 +2,10 @@
 //!
 //! A checkpoint puts the writes applied since the last one into redb in one
 //! durable commit, so the log before them can go. That commit writes every
-//! page the writes touched and syncs the file, a few milliseconds of mostly
-//! waiting on the disk. A checkpoint that held the `writing` lock all along
-//! made every commit arriving meanwhile wait too: at 30k puts a second
-//! that was 2.3 ms in every 18, an eighth of the time.
+//! page the writes touched and syncs the file, mostly waiting on the disk.
+//! A checkpoint that held the `writing` lock all along would make every
+//! commit arriving meanwhile wait too, and under load that adds up to a
+//! real share of the time (measured: `docs/decisions.md`, entry 8).
 //!
 //! So a checkpoint holds `writing` only to set the pending writes aside,
 //! as a *frozen* generation with where the store stood at that moment, and

@@ -2,11 +2,10 @@
 //!
 //! A reader holds the state lock in shared mode while it reads, and the
 //! writer needs it alone to apply a batch and to publish one. A range read
-//! in one go holds it until every value is read: for 100k keys (a
-//! discovery client listing every instance, `etcdctl get --prefix /`)
-//! about 200 ms. It also holds the server's worker thread that long. Puts
-//! beside such reads waited up to 190–270 ms (p99.9 130–170 ms), where
-//! etcd's waited at most 30–40.
+//! in one go holds it, and the server's worker thread, until every value
+//! is read. For a whole key space (a discovery client listing every
+//! instance, `etcdctl get --prefix /`) that takes long, and the writes
+//! beside it wait for all of it (measured: `docs/decisions.md`, entry 14).
 //!
 //! So a range over a span is a [`RangeScan`], which walks the index
 //! [`SCAN_CHUNK`] keys per [`RangeScan::step`], and the server lets other
@@ -44,8 +43,8 @@ use crate::index::{KeyRange, Revision};
 use crate::pending::held;
 use crate::read::{check_revision, key_value, RangeRules};
 
-/// Index entries a range walks per hold of the state lock: with the
-/// values read after, about 2 ms of work.
+/// Index entries a range walks per hold of the state lock: a short piece
+/// of work, with the values read after (`docs/decisions.md`, entry 14).
 pub(super) const SCAN_CHUNK: usize = 1024;
 
 impl Store {
