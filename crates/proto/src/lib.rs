@@ -5,8 +5,9 @@
 //! numbers match etcd's, so every etcd v3 client (etcdctl, Go clientv3,
 //! python etcd3, the `etcd-client` crate) talks to a Roster server unchanged.
 //! Code is generated at build time by prost and tonic, fed by `protox`, so no
-//! system `protoc` is needed. Its one piece of logic is a convention of
-//! the protocol every client and the server need: [`prefix_end`].
+//! system `protoc` is needed. Its logic is what every client and the server
+//! need of the protocol: the range-end convention ([`prefix_end`]) and gRPC's
+//! message framing ([`framing`]).
 //!
 //! Besides etcd's packages, `roster` holds the internal [`roster::Command`]
 //! that the consensus layer orders and the store applies, and
@@ -31,6 +32,8 @@ pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
 }
 
 /// etcd's MVCC record types: `KeyValue` and `Event`.
+pub mod framing;
+
 pub mod mvccpb {
     tonic::include_proto!("mvccpb");
 }

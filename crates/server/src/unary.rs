@@ -4,8 +4,9 @@
 //! streaming one: a decoder with its own buffer for the request, an encoder
 //! body with another for the answer, boxed futures and bodies, and the
 //! answer's status turned into trailers by way of a `Status`. On the put
-//! path that was 9% of the server's CPU at 1000 clients. A unary call is one
-//! length-prefixed message each way, so the hot service here (KV) reads the
+//! path that machinery was a large share of the server's CPU (measured in
+//! docs/decisions.md, entry 26). A unary call is one length-prefixed message each way
+//! ([`roster_proto::framing`]), so the hot service here (KV) reads the
 //! request's message straight from the body and answers with one data frame
 //! and fixed trailers.
 //!
@@ -19,32 +20,10 @@ use std::task::{Context, Poll};
 use http_body::Body as _;
 use prost::bytes::{BufMut, Bytes, BytesMut};
 use prost::Message;
+use roster_proto::framing::{encode, prefix, PREFIX};
 use tonic::body::Body;
 use tonic::codegen::http::{self, header, HeaderMap, HeaderValue};
 use tonic::Status;
-
-/// Bytes before each message: a compression flag and a big-endian length.
-pub const PREFIX: usize = 5;
-
-/// The compression flag and the message length of the length-prefixed
-/// message `buf` starts with, once its prefix is whole.
-pub fn prefix(buf: &[u8]) -> Option<(bool, usize)> {
-    let p: &[u8; PREFIX] = buf.get(..PREFIX)?.try_into().ok()?;
-    Some((
-        p[0] != 0,
-        u32::from_be_bytes([p[1], p[2], p[3], p[4]]) as usize,
-    ))
-}
-
-/// `msg` as one uncompressed length-prefixed message.
-pub fn encode<M: Message>(msg: &M) -> Bytes {
-    let len = msg.encoded_len();
-    let mut buf = BytesMut::with_capacity(PREFIX + len);
-    buf.put_u8(0);
-    buf.put_u32(len as u32);
-    msg.encode(&mut buf).expect("the buffer holds the message");
-    buf.freeze()
-}
 
 /// Reads the one message of a unary call's request body. `limit` bounds
 /// the message's length.

@@ -86,6 +86,11 @@ impl Etcd {
         &self.endpoint
     }
 
+    /// Kills etcd (SIGKILL); [`Etcd::restart`] brings it back.
+    pub fn kill(&mut self) {
+        self.proc.kill9();
+    }
+
     /// Kills etcd (SIGKILL) and starts it again on the same data and ports.
     pub fn restart(&mut self) {
         self.proc.kill9();

@@ -116,11 +116,7 @@ pub fn brief(e: &Event) -> (EventType, String, i64) {
 /// `every` (pacing, not waiting for an event). The task panics if the
 /// server stops renewing, so a test checks [`JoinHandle::is_finished`]
 /// before it aborts it.
-pub fn keep_alive_in_background(
-    c: &Client,
-    lease: i64,
-    every: Duration,
-) -> JoinHandle<()> {
+pub fn keep_alive_in_background(c: &Client, lease: i64, every: Duration) -> JoinHandle<()> {
     let mut leases = c.lease_client();
     tokio::spawn(async move {
         let (mut keeper, mut answers) = leases.keep_alive(lease).await.expect("keepalive");

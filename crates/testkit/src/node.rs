@@ -50,11 +50,14 @@ struct Running {
     thread: std::thread::JoinHandle<()>,
 }
 
+/// A change to a node's configuration before it starts.
+type Configure = Box<dyn FnOnce(&mut Config)>;
+
 /// How a [`TestNode`] is started.
 #[derive(Default)]
 pub struct Builder {
     paused: bool,
-    configure: Option<Box<dyn FnOnce(&mut Config)>>,
+    configure: Option<Configure>,
 }
 
 impl Builder {

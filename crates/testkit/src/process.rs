@@ -43,10 +43,7 @@ impl Proc {
     /// `ready`; panics with the child's output if it exits first.
     pub fn start(name: &str, cmd: Command, ready: &str) -> Proc {
         Proc::try_start(name, cmd, ready).unwrap_or_else(|lines| {
-            panic!(
-                "{name} exited before it was ready:\n{}",
-                lines.join("\n")
-            )
+            panic!("{name} exited before it was ready:\n{}", lines.join("\n"))
         })
     }
 
@@ -140,6 +137,11 @@ impl Proc {
     pub fn kill9(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// Whether the process is still running.
+    pub fn running(&mut self) -> bool {
+        self.child.try_wait().expect("try_wait").is_none()
     }
 
     /// Closes the child's standard input.

@@ -69,7 +69,9 @@ impl Server {
     /// Starts a fresh server with `settings` changed from etcd's defaults.
     pub fn start_with(settings: &[Setting]) -> Server {
         if against_etcd() {
-            Server::Etcd(Etcd::start_with(settings.iter().map(|s| s.flag()).collect()))
+            Server::Etcd(Etcd::start_with(
+                settings.iter().map(|s| s.flag()).collect(),
+            ))
         } else {
             let settings = settings.to_vec();
             let node = TestNode::builder().config(move |c| {
@@ -107,6 +109,14 @@ impl Server {
     /// Whether this is the real etcd.
     pub fn is_etcd(&self) -> bool {
         matches!(self, Server::Etcd(_))
+    }
+
+    /// Kills the server; [`Server::restart`] brings it back.
+    pub fn kill(&mut self) {
+        match self {
+            Server::Roster(r) => r.kill(),
+            Server::Etcd(e) => e.kill(),
+        }
     }
 
     /// Kills the server and starts it again on the same data and port.

@@ -36,7 +36,7 @@ use h2::client::SendRequest;
 use h2::{RecvStream, SendStream};
 use http::uri::{PathAndQuery, Uri};
 use http_body::{Body as _, Frame};
-use roster_server::unary;
+use roster_proto::framing;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tonic::body::Body;
 use tonic::codegen::Service;
@@ -133,7 +133,7 @@ impl RawStream {
     /// Queues one message.
     pub fn send<M: prost::Message>(&mut self, msg: &M) -> Result<(), String> {
         self.send
-            .send_data(unary::encode(msg), false)
+            .send_data(framing::encode(msg), false)
             .map_err(|e| format!("sending: {e}"))
     }
 
@@ -148,11 +148,12 @@ impl RawStream {
         }
         let recv = self.recv.as_mut().ok_or("stream ended")?;
         loop {
-            if let Some((_, len)) = unary::prefix(&self.buf) {
-                let end = unary::PREFIX + len;
+            if let Some((_, len)) = framing::prefix(&self.buf) {
+                let end = framing::PREFIX + len;
                 if self.buf.len() >= end {
                     let msg = self.buf.split_to(end);
-                    return M::decode(&msg[unary::PREFIX..]).map_err(|e| format!("decoding: {e}"));
+                    return M::decode(&msg[framing::PREFIX..])
+                        .map_err(|e| format!("decoding: {e}"));
                 }
             }
             match std::future::poll_fn(|cx| recv.poll_data(cx)).await {

@@ -28,24 +28,19 @@
 //! registry is a real process, and a paused runtime auto-advances its clock
 //! whenever it waits on that process, firing the client's timeouts.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::discovery::{ids, until};
-use common::{Etcd, Roster, Server};
+use crate::discovery::{ids, until};
 use roster_client::balance::{
     Balancer, Clock, ConsistentHash, P2c, Pick, Random, RoundRobin, SmoothWeightedRoundRobin,
 };
 use roster_client::{Change, Client, Discovery, Instance, Registration, Registry};
 use roster_proto::etcdserverpb::RangeRequest;
+use roster_testkit::{Etcd, Server, TestNode, WAIT};
 use tokio::time::timeout;
-
-/// The longest wait for something the test expects to happen.
-const WAIT: Duration = Duration::from_secs(15);
 
 fn registry(server: &Server) -> Registry {
     Registry::new(Client::connect([server.endpoint()]).expect("client"))
@@ -178,7 +173,7 @@ async fn weighted_distribution(server: Server) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn weighted_distribution_on_roster() {
-    weighted_distribution(Server::Roster(Roster::start())).await;
+    weighted_distribution(Server::Roster(TestNode::start())).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -314,7 +309,7 @@ async fn p2c_avoids_a_slow_instance(server: Server) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn p2c_avoids_a_slow_instance_on_roster() {
-    p2c_avoids_a_slow_instance(Server::Roster(Roster::start())).await;
+    p2c_avoids_a_slow_instance(Server::Roster(TestNode::start())).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -395,7 +390,7 @@ async fn consistent_hash_moves_few_keys(server: Server) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consistent_hash_moves_few_keys_on_roster() {
-    consistent_hash_moves_few_keys(Server::Roster(Roster::start())).await;
+    consistent_hash_moves_few_keys(Server::Roster(TestNode::start())).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

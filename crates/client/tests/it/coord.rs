@@ -19,7 +19,7 @@
 //!   bad value never replaces a good one, a deleted key has no value; and a
 //!   watcher cut off while its history was compacted away still converges.
 //!
-//! Partitions are made with the cuttable TCP proxy ([`common::proxy`])
+//! Partitions are made with the cuttable TCP proxy ([`crate::proxy`])
 //! between one client and the registry, which stays up and is changed
 //! behind that client's back through a second, direct client. Nothing is
 //! left behind: each test starts its own server, the harness kills it when
@@ -38,16 +38,13 @@
 //! must outlive its TTL, a lock call that must stay pending — and each says
 //! why it is as long as it is.
 
-mod common;
-
 use std::collections::BTreeMap;
-use std::future::{Future, IntoFuture};
+use std::future::IntoFuture;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::proxy::Proxy;
-use common::{Etcd, Roster, Server};
+use crate::proxy::Proxy;
 use roster_client::config::{self, Format, Snapshot};
 use roster_client::{Backoff, Client, Error, Options, WatchSpec, WatchUpdate, Watcher};
 use roster_proto::etcdserverpb::{
@@ -56,11 +53,10 @@ use roster_proto::etcdserverpb::{
 };
 use roster_proto::mvccpb::event::EventType;
 use roster_proto::mvccpb::{Event, KeyValue};
+use roster_testkit::{joined, within, Etcd, Server, TestNode};
 use tokio::task::JoinHandle;
-use tokio::time::{sleep, timeout, timeout_at, Instant};
+use tokio::time::{sleep, timeout_at, Instant};
 
-/// The longest wait for something the test expects to happen.
-const WAIT: Duration = Duration::from_secs(15);
 /// How long a call that must stay pending is watched before the test
 /// believes it: a negative cannot be awaited, and on loopback a lock or
 /// campaign that should have returned does so within milliseconds.
@@ -74,18 +70,6 @@ const LONG_TTL: i64 = 60;
 
 fn connect(endpoint: &str) -> Client {
     Client::connect([endpoint]).expect("client")
-}
-
-/// Awaits `f` for at most [`WAIT`].
-async fn within<F: Future>(what: &str, f: F) -> F::Output {
-    timeout(WAIT, f)
-        .await
-        .unwrap_or_else(|_| panic!("{what}: nothing within {WAIT:?}"))
-}
-
-/// The output of a spawned call, waited for at most [`WAIT`].
-async fn joined<T>(what: &str, task: JoinHandle<T>) -> T {
-    within(what, task).await.expect("task panicked")
 }
 
 /// A spawned lock or campaign.
@@ -246,7 +230,7 @@ async fn kept_lease_outlives_its_ttl(server: Server) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kept_lease_outlives_its_ttl_on_roster() {
-    kept_lease_outlives_its_ttl(Server::Roster(Roster::start())).await;
+    kept_lease_outlives_its_ttl(Server::Roster(TestNode::start())).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -299,7 +283,7 @@ async fn forgotten_lease_expires_dropped_lease_is_revoked(server: Server) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forgotten_lease_expires_dropped_lease_is_revoked_on_roster() {
-    forgotten_lease_expires_dropped_lease_is_revoked(Server::Roster(Roster::start())).await;
+    forgotten_lease_expires_dropped_lease_is_revoked(Server::Roster(TestNode::start())).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -331,7 +315,7 @@ async fn lease_revoked_elsewhere_is_lost(server: Server) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lease_revoked_elsewhere_is_lost_on_roster() {
-    lease_revoked_elsewhere_is_lost(Server::Roster(Roster::start())).await;
+    lease_revoked_elsewhere_is_lost(Server::Roster(TestNode::start())).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -404,7 +388,7 @@ async fn partitions_short_and_long(server: Server) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partitions_short_and_long_on_roster() {
-    partitions_short_and_long(Server::Roster(Roster::start())).await;
+    partitions_short_and_long(Server::Roster(TestNode::start())).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -450,7 +434,7 @@ async fn short_partition_is_survived_whatever_the_backoff(server: Server) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn short_partition_is_survived_whatever_the_backoff_on_roster() {
-    short_partition_is_survived_whatever_the_backoff(Server::Roster(Roster::start())).await;
+    short_partition_is_survived_whatever_the_backoff(Server::Roster(TestNode::start())).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -557,7 +541,7 @@ async fn lock_handover(server: Server) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lock_handover_on_roster() {
-    lock_handover(Server::Roster(Roster::start())).await;
+    lock_handover(Server::Roster(TestNode::start())).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -600,7 +584,7 @@ async fn lock_wait_survives_a_partition(server: Server) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lock_wait_survives_a_partition_on_roster() {
-    lock_wait_survives_a_partition(Server::Roster(Roster::start())).await;
+    lock_wait_survives_a_partition(Server::Roster(TestNode::start())).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -637,7 +621,7 @@ async fn campaign_wait_survives_a_partition(server: Server) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn campaign_wait_survives_a_partition_on_roster() {
-    campaign_wait_survives_a_partition(Server::Roster(Roster::start())).await;
+    campaign_wait_survives_a_partition(Server::Roster(TestNode::start())).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -738,7 +722,7 @@ async fn election_succession(server: Server) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn election_succession_on_roster() {
-    election_succession(Server::Roster(Roster::start())).await;
+    election_succession(Server::Roster(TestNode::start())).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -863,7 +847,7 @@ async fn config_formats(server: Server) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn config_formats_on_roster() {
-    config_formats(Server::Roster(Roster::start())).await;
+    config_formats(Server::Roster(TestNode::start())).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -928,7 +912,7 @@ async fn config_recovers_from_compaction(server: Server) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn config_recovers_from_compaction_on_roster() {
-    config_recovers_from_compaction(Server::Roster(Roster::start())).await;
+    config_recovers_from_compaction(Server::Roster(TestNode::start())).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

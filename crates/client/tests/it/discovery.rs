@@ -1,12 +1,8 @@
 //! Waiting on a roster-client [`Discovery`]: the tests that follow a
 //! service await the instance set they expect instead of sleeping.
 
-use std::time::Duration;
-
 use roster_client::{Discovery, Instance};
-
-/// The longest wait for a discovered set to reach what a test expects.
-pub const WAIT: Duration = Duration::from_secs(15);
+use roster_testkit::WAIT;
 
 /// Waits until the discovered set satisfies `ok`; panics with `what` and
 /// the set as it stands after [`WAIT`].

@@ -1,28 +1,22 @@
 //! roster-client when the network fails: the resumable watch, discovery
 //! through a compaction that overtook it, and failover between endpoints.
 //!
-//! The faults are made with a cuttable TCP proxy ([`common::proxy`])
+//! The faults are made with a cuttable TCP proxy ([`crate::proxy`])
 //! between the client and the registry: the registry stays up and is
 //! changed behind the client's back while the client is cut off, which is
 //! what a partition looks like from the client. Every scenario runs on
 //! Roster and on the real etcd with the same code.
 
-mod common;
-
 use std::collections::BTreeSet;
-use std::time::Duration;
 
-use common::discovery::{ids, until};
-use common::proxy::Proxy;
-use common::{Etcd, Roster, Server};
+use crate::discovery::{ids, until};
+use crate::proxy::Proxy;
 use roster_client::{Change, Client, Registry, WatchSpec, WatchUpdate, Watcher};
 use roster_proto::etcdserverpb::{CompactionRequest, PutRequest};
 use roster_proto::mvccpb::event::EventType;
+use roster_testkit::{Etcd, Server, TestNode, WAIT};
 use tokio::sync::broadcast;
 use tokio::time::timeout;
-
-/// The longest wait for something the test expects to happen.
-const WAIT: Duration = Duration::from_secs(15);
 
 async fn put(client: &Client, key: &str, value: &str) -> i64 {
     let req = PutRequest {
@@ -115,7 +109,7 @@ async fn watch_resumes(mut server: Server) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_resumes_on_roster() {
-    watch_resumes(Server::Roster(Roster::start())).await;
+    watch_resumes(Server::Roster(TestNode::start())).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -147,7 +141,7 @@ async fn watch_reports_compaction(server: Server) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_reports_compaction_on_roster() {
-    watch_reports_compaction(Server::Roster(Roster::start())).await;
+    watch_reports_compaction(Server::Roster(TestNode::start())).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -252,7 +246,7 @@ async fn discovery_survives_compaction(server: Server) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn discovery_survives_compaction_on_roster() {
-    discovery_survives_compaction(Server::Roster(Roster::start())).await;
+    discovery_survives_compaction(Server::Roster(TestNode::start())).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -322,7 +316,7 @@ async fn endpoint_failover(server: Server) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn endpoint_failover_on_roster() {
-    endpoint_failover(Server::Roster(Roster::start())).await;
+    endpoint_failover(Server::Roster(TestNode::start())).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,21 +2,14 @@
 //! and its fault handling, with the same test code run against Roster and
 //! against the real etcd.
 
-mod common;
-
-use std::time::Duration;
-
-use common::discovery::{ids, until};
-use common::{Etcd, Roster, Server};
+use crate::discovery::{ids, until};
 use roster_client::{Change, Client, RegistrationEvent, Registry};
 use roster_proto::etcdserverpb::{
     DeleteRangeRequest, LeaseRevokeRequest, PutRequest, RangeRequest,
 };
+use roster_testkit::{Etcd, Server, TestNode, WAIT};
 use tokio::sync::broadcast;
 use tokio::time::timeout;
-
-/// The longest wait for something the test expects to happen.
-const WAIT: Duration = Duration::from_secs(15);
 
 fn registry(server: &Server) -> Registry {
     Registry::new(Client::connect([server.endpoint()]).expect("client"))
@@ -97,7 +90,7 @@ async fn cycle(server: Server) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn register_discover_deregister_on_roster() {
-    cycle(Server::Roster(Roster::start())).await;
+    cycle(Server::Roster(TestNode::start())).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -145,7 +138,7 @@ async fn foreign_formats(server: Server) {
 
 #[tokio::test]
 async fn foreign_formats_on_roster() {
-    foreign_formats(Server::Roster(Roster::start())).await;
+    foreign_formats(Server::Roster(TestNode::start())).await;
 }
 
 #[tokio::test]
@@ -247,7 +240,7 @@ async fn faults(mut server: Server) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn faults_on_roster() {
-    faults(Server::Roster(Roster::start())).await;
+    faults(Server::Roster(TestNode::start())).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

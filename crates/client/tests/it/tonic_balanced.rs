@@ -3,7 +3,7 @@
 //! with the same code.
 //!
 //! The greeters are real processes, so that "killed" is a real `kill -9`:
-//! the test binary runs itself again (`--exact greeter_process`), and that
+//! the test binary runs itself again (`--exact tonic_balanced::greeter_process`), and that
 //! test, a no-op unless [`CHILD_REGISTRY`] is set, serves a greeter and
 //! registers it with a short lease ([`TTL`]). A child deregisters when sent
 //! SIGTERM, then keeps serving until its stdin closes; it exits when stdin
@@ -22,23 +22,19 @@
 //! that window; and where traffic went: to every instance, to the one that
 //! joined, and not to the ones that left.
 //!
-//! Seen on a 2-core machine (`cargo test -p roster --test tonic_balanced --
+//! Seen on a 2-core machine (`cargo test -p roster-client --test it tonic_balanced --
 //! --nocapture` prints the figures): 390–500 logical calls per run, 40–80
 //! failed attempts among the 160–260 calls made in the 1.4–2.4 s between
 //! `kill -9` and removal, and never more than 2 attempts for one call.
 
-mod common;
-
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::Command;
 use std::time::Duration;
 
-use common::{Etcd, Roster, Server};
 use roster_client::{balanced_channel, Client, Discovery, Registry};
 use roster_greeter::{GreeterClient, HelloRequest};
-use tokio::sync::{mpsc, watch};
+use roster_testkit::{Etcd, Proc, Server, TestNode, WAIT};
+use tokio::sync::watch;
 use tokio::time::{timeout, Instant};
 use tonic::transport::Channel;
 use tonic::Code;
@@ -57,8 +53,6 @@ const DEREGISTERED: &str = "greeter-deregistered";
 const SERVICE: &str = "greeter";
 /// Lease TTL of each greeter, in seconds: how long a killed one may linger.
 const TTL: i64 = 2;
-/// The longest wait for anything the test expects to happen.
-const WAIT: Duration = Duration::from_secs(20);
 /// Time between the starts of two logical calls.
 const PACE: Duration = Duration::from_millis(10);
 /// Attempts per logical call, so at most 3 retries. A retry follows a
@@ -76,7 +70,7 @@ const OBSERVE_CALLS: u64 = 100;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_survive_churn_on_roster() {
-    churn(Server::Roster(Roster::start())).await;
+    churn(Server::Roster(TestNode::start())).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -128,12 +122,12 @@ async fn serve_greeter(registry: String, id: String) {
         .ttl(TTL)
         .await
         .expect("register");
-    println!("{READY} {id} {addr}");
+    eprintln!("{READY} {id} {addr}");
 
     tokio::select! {
         _ = term.recv() => {
             registration.deregister().await.expect("deregister");
-            println!("{DEREGISTERED} {id}");
+            eprintln!("{DEREGISTERED} {id}");
             // Keep serving calls that were already routed here until the
             // test lets go.
             let _ = timeout(WAIT, stdin_closed).await;
@@ -147,109 +141,51 @@ async fn serve_greeter(registry: String, id: String) {
 /// A greeter process; killed when dropped.
 struct Greeter {
     id: String,
-    child: Child,
-    stdin: Option<ChildStdin>,
-    stdout: mpsc::UnboundedReceiver<String>,
-    stderr: Arc<Mutex<Vec<String>>>,
+    proc: Proc,
 }
 
 impl Greeter {
-    /// Starts a greeter registering as `id` with the registry at `endpoint`.
+    /// Starts a greeter registering as `id` with the registry at
+    /// `endpoint`, and waits until it has registered.
     fn spawn(endpoint: &str, id: &str) -> Greeter {
         let exe = std::env::current_exe().expect("test binary");
-        let mut child = Command::new(exe)
-            .args(["--exact", "greeter_process", "--nocapture"])
+        let mut cmd = Command::new(exe);
+        cmd.args(["--exact", "tonic_balanced::greeter_process", "--nocapture"])
             .env(CHILD_REGISTRY, endpoint)
             .env(CHILD_ID, id)
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start a greeter");
-        let (tx, stdout) = mpsc::unbounded_channel();
-        let out = child.stdout.take().expect("piped stdout");
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        // Kept for the failure message if the greeter dies unexpectedly.
-        let stderr = Arc::new(Mutex::new(Vec::new()));
-        let (err, seen) = (child.stderr.take().expect("piped stderr"), stderr.clone());
-        std::thread::spawn(move || {
-            for line in BufReader::new(err).lines().map_while(Result::ok) {
-                seen.lock().unwrap().push(line);
-            }
-        });
+            .env("RUST_LOG", "warn");
         Greeter {
             id: id.to_string(),
-            stdin: child.stdin.take(),
-            child,
-            stdout,
-            stderr,
+            proc: Proc::start(&format!("greeter {id}"), cmd, READY),
         }
     }
 
-    /// Waits for a line of the child's output that starts with `marker`.
+    /// Waits for a line of the child's output that contains `marker`.
     async fn expect_line(&mut self, marker: &str) {
-        let wait = async {
-            while let Some(line) = self.stdout.recv().await {
-                if line.starts_with(marker) {
-                    return true;
-                }
-            }
-            false
-        };
-        let seen = timeout(WAIT, wait).await;
-        assert!(
-            seen == Ok(true),
-            "greeter {}: no {marker:?} line; its stderr:\n{}",
-            self.id,
-            self.stderr.lock().unwrap().join("\n")
-        );
+        self.proc.until_log(marker).await;
     }
 
     /// Sends SIGTERM: the child deregisters and keeps serving.
     fn terminate(&self) {
-        let status = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status()
-            .expect("run kill");
-        assert!(status.success(), "kill -TERM {}", self.id);
+        self.proc.terminate();
     }
 
     /// Closes the child's stdin and waits for it to exit cleanly.
     async fn release(mut self) {
-        drop(self.stdin.take());
-        // Its stdout closes when it exits.
-        let exited = timeout(WAIT, async { while self.stdout.recv().await.is_some() {} }).await;
-        assert!(exited.is_ok(), "greeter {} did not exit", self.id);
-        let status = self.child.wait().expect("wait for greeter");
+        self.proc.close_stdin();
+        let status = self.proc.exited().await;
         assert!(status.success(), "greeter {} exited with {status}", self.id);
     }
 
     /// `kill -9`, and reaps the process.
     fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Greeter {
-    fn drop(&mut self) {
-        self.kill();
+        self.proc.kill9();
     }
 }
 
 /// Starts greeters `ids` and waits until each has registered.
 async fn start_greeters(endpoint: &str, ids: &[&str]) -> Vec<Greeter> {
-    let mut all: Vec<Greeter> = ids.iter().map(|id| Greeter::spawn(endpoint, id)).collect();
-    for g in &mut all {
-        g.expect_line(READY).await;
-    }
-    all
+    ids.iter().map(|id| Greeter::spawn(endpoint, id)).collect()
 }
 
 /// Waits until discovery holds exactly the instances `ids`.

@@ -5,17 +5,15 @@
 //! an unknown method, and a length prefix over the limit, which must be
 //! refused without waiting for the rest. None of them may change the store.
 
-mod common;
-
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use common::Roster;
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use prost::Message;
 use roster_proto::etcdserverpb::{PutRequest, PutResponse, RangeRequest, RangeResponse};
+use roster_testkit::TestNode;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -32,10 +30,8 @@ struct Answer {
     data: Bytes,
 }
 
-async fn connect(roster: &Roster) -> Sender {
-    let tcp = tokio::net::TcpStream::connect(roster.endpoint.as_str())
-        .await
-        .unwrap();
+async fn connect(roster: &TestNode) -> Sender {
+    let tcp = tokio::net::TcpStream::connect(roster.addr()).await.unwrap();
     let (send, conn) =
         hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
             .await
@@ -48,7 +44,7 @@ async fn connect(roster: &Roster) -> Sender {
 /// sender, and it ends when the sender is dropped.
 async fn start(
     send: &mut Sender,
-    roster: &Roster,
+    roster: &TestNode,
     method: &str,
 ) -> (Frames, tokio::task::JoinHandle<Answer>) {
     let (tx, rx) = mpsc::channel(8);
@@ -92,7 +88,7 @@ async fn send(tx: &Frames, bytes: Bytes) {
 }
 
 /// Sends `chunks` as the whole body of a call of `method`.
-async fn call(send_req: &mut Sender, roster: &Roster, method: &str, chunks: &[Bytes]) -> Answer {
+async fn call(send_req: &mut Sender, roster: &TestNode, method: &str, chunks: &[Bytes]) -> Answer {
     let (tx, answer) = start(send_req, roster, method).await;
     for c in chunks {
         send(&tx, c.clone()).await;
@@ -105,7 +101,7 @@ async fn call(send_req: &mut Sender, roster: &Roster, method: &str, chunks: &[By
 }
 
 /// The store's revision, by a well-formed Range.
-async fn revision(send_req: &mut Sender, roster: &Roster) -> i64 {
+async fn revision(send_req: &mut Sender, roster: &TestNode) -> i64 {
     let req = RangeRequest {
         key: b"k".to_vec(),
         ..Default::default()
@@ -127,7 +123,7 @@ async fn revision(send_req: &mut Sender, roster: &Roster) -> i64 {
 
 #[tokio::test]
 async fn kv_calls_are_framed_and_refused_as_grpc_does() {
-    let roster = Roster::start();
+    let roster = TestNode::start();
     let mut c = connect(&roster).await;
     let put = PutRequest {
         key: b"k".to_vec(),

@@ -1,29 +1,21 @@
-//! The KV API end to end: the real `roster` binary driven by the third-party
+//! The KV API end to end: a real server driven by the third-party
 //! `etcd-client` crate, one feature per test.
 //!
 //! Every test starts its own server on a fresh data directory, so the store
 //! begins at revision 1 and each write's revision can be counted by hand;
 //! the comments next to the fixtures give them. The expected values are
-//! etcd 3.4's: these tests were also run, unchanged, against the real etcd
-//! 3.4 (with `Roster` swapped for a launcher of `/usr/bin/etcd`), so a
-//! failure here means roster differs from etcd, not merely from our idea of
-//! it. The one exception is the restart test's clean exit on SIGTERM, a
-//! promise of roster's own: etcd dies of the signal.
+//! etcd 3.4's: `scripts/test.sh` runs these tests, unchanged, against the
+//! real etcd 3.4 too, so a failure here means Roster differs from etcd, not
+//! merely from our idea of it.
 
-mod common;
+use roster_server::Stopped;
+use roster_testkit::Server;
 
-use common::Roster;
 use etcd_client::{
     Client, CompactionOptions, Compare, CompareOp, DeleteOptions, GetOptions, KeyValue, PutOptions,
     ResponseHeader, SortOrder, SortTarget, Txn, TxnOp, TxnOpResponse,
 };
-
-/// Connects an etcd client to `server`.
-async fn connect(server: &Roster) -> Client {
-    Client::connect([server.url()], None)
-        .await
-        .expect("connect to roster")
-}
+use roster_testkit::etcd_api::{code, connect};
 
 /// The store's current revision, from a read's response header.
 async fn revision(client: &mut Client) -> i64 {
@@ -77,8 +69,8 @@ const SIX: [(&str, &str); 6] = [
 
 #[tokio::test]
 async fn range_single_key_interval_prefix_from_key_and_all_keys() {
-    let server = Roster::start();
-    let mut c = connect(&server).await;
+    let server = Server::start();
+    let mut c = connect(server.endpoint()).await;
     put_all(&mut c, &SIX).await;
 
     let one = c.get("b", None).await.unwrap();
@@ -138,8 +130,8 @@ async fn range_single_key_interval_prefix_from_key_and_all_keys() {
 
 #[tokio::test]
 async fn range_limit_sets_more_and_count_is_the_whole_range() {
-    let server = Roster::start();
-    let mut c = connect(&server).await;
+    let server = Server::start();
+    let mut c = connect(server.endpoint()).await;
     put_all(&mut c, &SIX).await;
 
     let all = || GetOptions::new().with_all_keys();
@@ -167,8 +159,8 @@ async fn range_limit_sets_more_and_count_is_the_whole_range() {
 
 #[tokio::test]
 async fn range_at_a_historical_revision_sees_old_values_and_deleted_keys() {
-    let server = Roster::start();
-    let mut c = connect(&server).await;
+    let server = Server::start();
+    let mut c = connect(server.endpoint()).await;
     put_all(&mut c, &[("a", "1"), ("a", "2"), ("b", "1")]).await; // revs 2, 3, 4
     c.delete("a", None).await.unwrap(); // rev 5
     c.put("b", "2", None).await.unwrap(); // rev 6
@@ -217,8 +209,8 @@ async fn range_at_a_historical_revision_sees_old_values_and_deleted_keys() {
 
 #[tokio::test]
 async fn range_sorts_by_every_target_both_ways() {
-    let server = Roster::start();
-    let mut c = connect(&server).await;
+    let server = Server::start();
+    let mut c = connect(server.endpoint()).await;
     // Chosen so that every target orders the three keys differently:
     //   s/a: create 3, mod 6, version 3, value "a"
     //   s/b: create 5, mod 5, version 1, value "z"
@@ -300,8 +292,8 @@ async fn range_sorts_by_every_target_both_ways() {
 
 #[tokio::test]
 async fn range_serializable_keys_only_and_count_only() {
-    let server = Roster::start();
-    let mut c = connect(&server).await;
+    let server = Server::start();
+    let mut c = connect(server.endpoint()).await;
     put_all(&mut c, &SIX).await;
 
     let ser = c
@@ -348,8 +340,8 @@ async fn range_serializable_keys_only_and_count_only() {
 
 #[tokio::test]
 async fn range_filters_on_mod_and_create_revisions() {
-    let server = Roster::start();
-    let mut c = connect(&server).await;
+    let server = Server::start();
+    let mut c = connect(server.endpoint()).await;
     // s/a: create 3, mod 6; s/b: create 5, mod 5; s/c: create 2, mod 7.
     put_all(
         &mut c,
@@ -401,8 +393,8 @@ async fn range_filters_on_mod_and_create_revisions() {
 
 #[tokio::test]
 async fn put_bumps_the_revision_keeps_create_revision_and_returns_prev_kv() {
-    let server = Roster::start();
-    let mut c = connect(&server).await;
+    let server = Server::start();
+    let mut c = connect(server.endpoint()).await;
 
     let first = c.put("k1", "v1", None).await.unwrap();
     assert_eq!(first.header().unwrap().revision(), 2);
@@ -464,8 +456,8 @@ async fn put_bumps_the_revision_keeps_create_revision_and_returns_prev_kv() {
 
 #[tokio::test]
 async fn put_ignore_value_and_ignore_lease_keep_what_is_stored() {
-    let server = Roster::start();
-    let mut c = connect(&server).await;
+    let server = Server::start();
+    let mut c = connect(server.endpoint()).await;
     c.put("k", "kept", None).await.unwrap(); // rev 2
 
     let opts = PutOptions::new().with_ignore_value().with_prev_key();
@@ -498,7 +490,7 @@ async fn put_ignore_value_and_ignore_lease_keep_what_is_stored() {
         .await
         .unwrap_err();
     assert_eq!(
-        grpc(err),
+        code(err),
         (
             "NotFound".into(),
             "etcdserver: requested lease not found".into()
@@ -511,18 +503,10 @@ async fn put_ignore_value_and_ignore_lease_keep_what_is_stored() {
     );
 }
 
-/// The gRPC code name and message of a failed call.
-fn grpc(err: etcd_client::Error) -> (String, String) {
-    match err {
-        etcd_client::Error::GRpcStatus(s) => (format!("{:?}", s.code()), s.message().to_string()),
-        other => panic!("expected a gRPC status, got {other:?}"),
-    }
-}
-
 #[tokio::test]
 async fn delete_single_range_and_prefix_with_prev_kvs() {
-    let server = Roster::start();
-    let mut c = connect(&server).await;
+    let server = Server::start();
+    let mut c = connect(server.endpoint()).await;
     put_all(&mut c, &SIX).await; // a=2 b=3 c=4 p/1=5 p/2=6 q=7
 
     let one = c.delete("a", None).await.unwrap();
@@ -594,8 +578,8 @@ async fn delete_single_range_and_prefix_with_prev_kvs() {
 
 #[tokio::test]
 async fn deleting_nothing_keeps_the_revision_and_a_recreated_key_starts_over() {
-    let server = Roster::start();
-    let mut c = connect(&server).await;
+    let server = Server::start();
+    let mut c = connect(server.endpoint()).await;
     put_all(&mut c, &[("a", "1"), ("a", "2"), ("b", "1")]).await; // revs 2-4
     let del = c.delete("a", None).await.unwrap();
     assert_eq!((del.deleted(), del.header().unwrap().revision()), (1, 5));
@@ -646,8 +630,8 @@ async fn holds(c: &mut Client, compares: Vec<Compare>) -> bool {
 
 #[tokio::test]
 async fn txn_compares_every_target_with_every_operator() {
-    let server = Roster::start();
-    let mut c = connect(&server).await;
+    let server = Server::start();
+    let mut c = connect(server.endpoint()).await;
     // k: value "v", create 2, mod 3, version 2, lease 0.
     put_all(&mut c, &[("k", "v"), ("k", "v")]).await;
 
@@ -713,8 +697,8 @@ async fn txn_compares_every_target_with_every_operator() {
 
 #[tokio::test]
 async fn txn_compare_over_a_range_must_hold_for_every_key() {
-    let server = Roster::start();
-    let mut c = connect(&server).await;
+    let server = Server::start();
+    let mut c = connect(server.endpoint()).await;
     put_all(
         &mut c,
         &[("r/1", "x"), ("r/2", "x"), ("r/2", "x"), ("s", "y")],
@@ -765,8 +749,8 @@ async fn txn_compare_over_a_range_must_hold_for_every_key() {
 
 #[tokio::test]
 async fn txn_success_branch_runs_every_op_kind_at_one_revision() {
-    let server = Roster::start();
-    let mut c = connect(&server).await;
+    let server = Server::start();
+    let mut c = connect(server.endpoint()).await;
     put_all(&mut c, &[("k", "v"), ("old", "o")]).await; // revs 2, 3
 
     let nested = Txn::new()
@@ -860,8 +844,8 @@ async fn txn_success_branch_runs_every_op_kind_at_one_revision() {
 
 #[tokio::test]
 async fn txn_failure_branch_runs_its_ops() {
-    let server = Roster::start();
-    let mut c = connect(&server).await;
+    let server = Server::start();
+    let mut c = connect(server.endpoint()).await;
     put_all(&mut c, &[("k", "v"), ("m", "1")]).await; // revs 2, 3
 
     let nested = Txn::new()
@@ -928,8 +912,8 @@ async fn txn_failure_branch_runs_its_ops() {
 
 #[tokio::test]
 async fn txn_whose_chosen_branch_only_reads_keeps_the_revision() {
-    let server = Roster::start();
-    let mut c = connect(&server).await;
+    let server = Server::start();
+    let mut c = connect(server.endpoint()).await;
     c.put("k", "v", None).await.unwrap(); // rev 2
 
     // The other branch would write, but it is not taken.
@@ -977,8 +961,8 @@ async fn txn_whose_chosen_branch_only_reads_keeps_the_revision() {
 
 /// The compaction test, with or without waiting for physical removal.
 async fn compaction(physical: bool) {
-    let server = Roster::start();
-    let mut c = connect(&server).await;
+    let server = Server::start();
+    let mut c = connect(server.endpoint()).await;
     put_all(&mut c, &[("k", "v1"), ("k", "v2"), ("k", "v3"), ("o", "1")]).await; // revs 2-5
     c.delete("o", None).await.unwrap(); // rev 6
 
@@ -993,7 +977,7 @@ async fn compaction(physical: bool) {
             .await
             .unwrap_err();
         assert_eq!(
-            grpc(err),
+            code(err),
             ("OutOfRange".into(), COMPACTED.into()),
             "rev {rev}"
         );
@@ -1032,7 +1016,7 @@ async fn compaction(physical: bool) {
         .get("k", Some(GetOptions::new().with_revision(6)))
         .await
         .unwrap_err();
-    assert_eq!(grpc(err), ("OutOfRange".into(), COMPACTED.into()));
+    assert_eq!(code(err), ("OutOfRange".into(), COMPACTED.into()));
     assert_eq!(
         meta(&get_at(&mut c, "k", 7).await.unwrap()),
         ("k", "v4", 2, 7, 4)
@@ -1051,8 +1035,8 @@ async fn physical_compaction_hides_history_below_its_revision() {
 
 #[tokio::test]
 async fn response_headers_name_one_cluster_member_and_the_store_revision() {
-    let server = Roster::start();
-    let mut c = connect(&server).await;
+    let server = Server::start();
+    let mut c = connect(server.endpoint()).await;
 
     let mut headers: Vec<(&str, ResponseHeader)> = Vec::new();
     let put = c.put("a", "1", None).await.unwrap(); // rev 2
@@ -1112,8 +1096,8 @@ async fn response_headers_name_one_cluster_member_and_the_store_revision() {
 
 #[tokio::test]
 async fn status_and_member_list_describe_the_single_member() {
-    let server = Roster::start();
-    let mut c = connect(&server).await;
+    let server = Server::start();
+    let mut c = connect(server.endpoint()).await;
     c.put("k", "v", None).await.unwrap();
 
     let status = c.status().await.unwrap();
@@ -1142,10 +1126,9 @@ async fn status_and_member_list_describe_the_single_member() {
 
 #[tokio::test]
 async fn data_and_revision_survive_a_restart() {
-    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start();
     let (ids, before) = {
-        let mut server = Roster::start_in(dir.path(), &[]);
-        let mut c = connect(&server).await;
+        let mut c = connect(server.endpoint()).await;
         put_all(&mut c, &[("a", "1"), ("a", "2"), ("b", "1"), ("c", "1")]).await; // revs 2-5
         c.delete("b", None).await.unwrap(); // rev 6
         c.txn(Txn::new().and_then([TxnOp::put("d", "1", None), TxnOp::put("e", "1", None)]))
@@ -1165,12 +1148,18 @@ async fn data_and_revision_survive_a_restart() {
             .map(meta)
             .map(|(k, v, cr, mr, ver)| (k.to_string(), v.to_string(), cr, mr, ver))
             .collect();
-        assert!(server.terminate().success());
         (ids, before)
     };
+    match &mut server {
+        // Roster's own promise: a graceful stop ends cleanly.
+        Server::Roster(node) => {
+            assert_eq!(node.terminate(), Stopped::Requested);
+            node.start_again(|_| {});
+        }
+        Server::Etcd(etcd) => etcd.restart(),
+    }
 
-    let server = Roster::start_in(dir.path(), &[]);
-    let mut c = connect(&server).await;
+    let mut c = connect(server.endpoint()).await;
     let all = c
         .get("", Some(GetOptions::new().with_all_keys()))
         .await
@@ -1204,7 +1193,7 @@ async fn data_and_revision_survive_a_restart() {
         .await
         .unwrap_err();
     assert_eq!(
-        grpc(err),
+        code(err),
         (
             "OutOfRange".into(),
             "etcdserver: mvcc: required revision has been compacted".into()
@@ -1229,8 +1218,8 @@ fn many_key(i: usize) -> String {
 
 #[tokio::test]
 async fn ranges_and_read_only_txns_in_pieces_are_one_revision_while_writes_go_on() {
-    let server = Roster::start();
-    let mut c = connect(&server).await;
+    let server = Server::start();
+    let mut c = connect(server.endpoint()).await;
     // Loaded 100 keys a txn: revisions 2 to 22.
     for chunk in (0..MANY).collect::<Vec<_>>().chunks(100) {
         let puts: Vec<TxnOp> = chunk
@@ -1244,7 +1233,7 @@ async fn ranges_and_read_only_txns_in_pieces_are_one_revision_while_writes_go_on
 
     // A writer overwrites the keys from the last one down, one revision
     // each: key i gets "new" at revision loaded + MANY - i.
-    let mut w = connect(&server).await;
+    let mut w = connect(server.endpoint()).await;
     let writer = tokio::spawn(async move {
         for i in (0..MANY).rev() {
             w.put(many_key(i), "new", None).await.unwrap();

@@ -1,21 +1,21 @@
-//! Every KV error a client can cause, end to end: the real `roster` binary
-//! driven by the third-party `etcd-client` crate.
+//! Every KV error a client can cause, end to end: a real server driven by
+//! the third-party `etcd-client` crate.
 //!
 //! Each refusal is checked three ways: the gRPC code, the exact message
 //! (etcd clients match on the text, so it is etcd's word for word), and that
 //! the store did not change: same revision, same pairs. Each test ends by
 //! reading once more, to show the server survived what it was sent.
 //!
-//! Like `kv.rs`, these tests were also run, unchanged, against the real
-//! etcd 3.4, and pass there.
+//! Like `kv.rs`, these tests run unchanged against the real etcd 3.4 too
+//! (`scripts/test.sh`).
 
-mod common;
+use roster_testkit::{Server, Setting};
 
-use common::Roster;
 use etcd_client::{
     Client, CompactionOptions, Compare, CompareOp, DeleteOptions, GetOptions, PutOptions, Txn,
     TxnOp,
 };
+use roster_testkit::etcd_api::{connect, grpc};
 
 const INVALID_ARGUMENT: &str = "InvalidArgument";
 const OUT_OF_RANGE: &str = "OutOfRange";
@@ -31,13 +31,6 @@ const VALUE_PROVIDED: &str = "etcdserver: value is provided";
 const LEASE_PROVIDED: &str = "etcdserver: lease is provided";
 const KEY_NOT_FOUND: &str = "etcdserver: key not found";
 const LEASE_NOT_FOUND: &str = "etcdserver: requested lease not found";
-
-/// Connects an etcd client to `server`.
-async fn connect(server: &Roster) -> Client {
-    Client::connect([server.url()], None)
-        .await
-        .expect("connect to roster")
-}
 
 /// One stored pair, every field a client can see.
 type Pair = (Vec<u8>, Vec<u8>, i64, i64, i64, i64);
@@ -63,16 +56,6 @@ async fn snapshot(c: &mut Client) -> (i64, Vec<Pair>) {
         })
         .collect();
     (all.header().expect("header").revision(), pairs)
-}
-
-/// The gRPC code name and message of a failed call.
-fn grpc<T: std::fmt::Debug>(result: Result<T, etcd_client::Error>) -> (String, String) {
-    match result {
-        Err(etcd_client::Error::GRpcStatus(s)) => {
-            (format!("{:?}", s.code()), s.message().to_string())
-        }
-        other => panic!("expected a gRPC error status, got {other:?}"),
-    }
 }
 
 /// Sends `$call` (a future using `$c`), asserts it fails with `$code` and
@@ -106,8 +89,8 @@ async fn still_serving(c: &mut Client, rev: i64) {
 
 #[tokio::test]
 async fn empty_keys_are_refused_everywhere() {
-    let server = Roster::start();
-    let mut c = connect(&server).await;
+    let server = Server::start();
+    let mut c = connect(server.endpoint()).await;
     c.put("k", "v", None).await.unwrap(); // rev 2
 
     refused!(c, c.get("", None), INVALID_ARGUMENT, EMPTY_KEY);
@@ -160,8 +143,8 @@ async fn empty_keys_are_refused_everywhere() {
 
 #[tokio::test]
 async fn compacted_and_future_revisions_are_refused() {
-    let server = Roster::start();
-    let mut c = connect(&server).await;
+    let server = Server::start();
+    let mut c = connect(server.endpoint()).await;
     for v in ["v1", "v2", "v3", "v4"] {
         c.put("k", v, None).await.unwrap(); // revs 2-5
     }
@@ -204,8 +187,8 @@ async fn compacted_and_future_revisions_are_refused() {
 /// is not "at or below the compacted revision": etcd accepts it.
 #[tokio::test]
 async fn compacting_to_revision_zero_on_a_fresh_store_is_accepted() {
-    let server = Roster::start();
-    let mut c = connect(&server).await;
+    let server = Server::start();
+    let mut c = connect(server.endpoint()).await;
 
     let resp = c.compact(0, None).await.unwrap();
     assert_eq!(resp.header().unwrap().revision(), 1);
@@ -235,9 +218,8 @@ fn compares(n: usize) -> Vec<Compare> {
 
 #[tokio::test]
 async fn txn_with_more_ops_than_max_txn_ops_is_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = Roster::start_in(dir.path(), &["--max-txn-ops", "4"]);
-    let mut c = connect(&server).await;
+    let server = Server::start_with(&[Setting::MaxTxnOps(4)]);
+    let mut c = connect(server.endpoint()).await;
     c.put("k", "v", None).await.unwrap(); // rev 2
 
     let cases = [
@@ -271,8 +253,8 @@ async fn txn_with_more_ops_than_max_txn_ops_is_refused() {
 
 #[tokio::test]
 async fn txn_with_more_than_the_default_128_ops_is_refused() {
-    let server = Roster::start();
-    let mut c = connect(&server).await;
+    let server = Server::start();
+    let mut c = connect(server.endpoint()).await;
     c.put("k", "v", None).await.unwrap(); // rev 2
 
     refused!(
@@ -298,8 +280,8 @@ async fn txn_with_more_than_the_default_128_ops_is_refused() {
 
 #[tokio::test]
 async fn txn_writing_a_key_twice_is_refused() {
-    let server = Roster::start();
-    let mut c = connect(&server).await;
+    let server = Server::start();
+    let mut c = connect(server.endpoint()).await;
     c.put("k", "v", None).await.unwrap(); // rev 2
 
     let range = |end: &str| Some(DeleteOptions::new().with_range(end));
@@ -356,9 +338,8 @@ async fn txn_writing_a_key_twice_is_refused() {
 #[tokio::test]
 async fn requests_above_max_request_bytes_are_refused() {
     const LIMIT: usize = 1024;
-    let dir = tempfile::tempdir().unwrap();
-    let server = Roster::start_in(dir.path(), &["--max-request-bytes", &LIMIT.to_string()]);
-    let mut c = connect(&server).await;
+    let server = Server::start_with(&[Setting::MaxRequestBytes(LIMIT)]);
+    let mut c = connect(server.endpoint()).await;
     c.put("k", "v", None).await.unwrap(); // rev 2
 
     let big = "x".repeat(2000);
@@ -408,9 +389,8 @@ async fn requests_above_max_request_bytes_are_refused() {
 /// beyond gRPC's own.
 #[tokio::test]
 async fn reads_are_not_held_to_max_request_bytes() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = Roster::start_in(dir.path(), &["--max-request-bytes", "1024"]);
-    let mut c = connect(&server).await;
+    let server = Server::start_with(&[Setting::MaxRequestBytes(1024)]);
+    let mut c = connect(server.endpoint()).await;
     c.put("k", "v", None).await.unwrap(); // rev 2
 
     let big = "x".repeat(2000);
@@ -429,8 +409,8 @@ async fn reads_are_not_held_to_max_request_bytes() {
 
 #[tokio::test]
 async fn conflicting_put_options_and_unknown_leases_are_refused() {
-    let server = Roster::start();
-    let mut c = connect(&server).await;
+    let server = Server::start();
+    let mut c = connect(server.endpoint()).await;
     c.put("k", "v", None).await.unwrap(); // rev 2
 
     let ignore_value = || Some(PutOptions::new().with_ignore_value());

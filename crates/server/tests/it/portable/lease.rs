@@ -1,166 +1,30 @@
-//! The Lease API end to end: the real `roster` binary driven by the
-//! third-party `etcd-client` crate.
+//! The Lease API end to end: a real server driven by the third-party
+//! `etcd-client` crate.
 //!
 //! Grant, revoke, keepalive, time-to-live and list, how puts attach keys to
-//! leases, expiry, and what a `kill -9` does to leases. Every test starts its
-//! own server on a fresh data directory.
+//! leases, and expiry. Every test starts its own server on a fresh data
+//! directory. What a `kill -9` does to leases needs the process: the `roster`
+//! crate's `lease_crash` test.
 //!
-//! The expected values are etcd 3.4's. Set `ROSTER_TEST_AGAINST_ETCD=1` to
-//! run the same tests against the real etcd (`/usr/bin/etcd`) instead of
-//! roster; all of them pass there except the restart test, which always runs
-//! roster because it checks roster's own remaining-TTL rule (see the module
-//! notes of `roster_server::lessor`; etcd 3.4 checkpoints only when an
-//! experimental flag is set).
+//! The expected values are etcd 3.4's, and `scripts/test.sh` runs these
+//! tests against the real etcd too.
 //!
-//! Timing: every wait for an event (a watch event, a keepalive answer) is
-//! bounded by [`WAIT`], and every unary call by the client's own timeout
-//! ([`RPC_TIMEOUT`]). The only sleeps let a TTL run out, pace keepalives, or
-//! give a checkpoint timer the time to fire; each says which.
+//! Timing: the TTL tests start the server paused ([`Server::start_paused`])
+//! and move its clock with [`Server::pass`], so a Roster run takes
+//! milliseconds and its answers do not depend on the machine's speed; against
+//! etcd, whose clock is real, `pass` sleeps. Every wait for an event (a watch
+//! event, a keepalive answer) is bounded by [`roster_testkit::WAIT`].
 
-mod common;
+use std::time::Duration;
 
-use std::fmt::Debug;
-use std::future::Future;
-use std::time::{Duration, Instant};
-
-use common::{Roster, Server};
-use etcd_client::{
-    Client, ConnectOptions, Event, EventType, GetOptions, LeaseGrantOptions,
-    LeaseTimeToLiveOptions, PutOptions, WatchOptions, WatchStream,
+use etcd_client::{EventType, GetOptions, LeaseGrantOptions, PutOptions, WatchOptions};
+use roster_testkit::etcd_api::{
+    brief, connect, events, grant, grpc, keys_of, lease_ids, lease_of, put_with, watch,
 };
-use tokio::time::{sleep, timeout};
-
-/// The longest wait for an event the test expects to happen.
-const WAIT: Duration = Duration::from_secs(10);
-/// The longest a unary call (or the opening of a stream) may take.
-const RPC_TIMEOUT: Duration = Duration::from_secs(10);
+use roster_testkit::{within, Server};
 
 const NOT_FOUND: &str = "NotFound";
 const LEASE_NOT_FOUND: &str = "etcdserver: requested lease not found";
-
-/// Connects an etcd client to `endpoint`. The timeout covers each unary call
-/// and the opening of each stream, not a stream's later messages.
-async fn connect(endpoint: &str) -> Client {
-    let opts = ConnectOptions::new().with_timeout(RPC_TIMEOUT);
-    Client::connect([format!("http://{endpoint}")], Some(opts))
-        .await
-        .expect("connect")
-}
-
-/// Awaits `f` for at most [`WAIT`].
-async fn within<F: Future>(what: &str, f: F) -> F::Output {
-    timeout(WAIT, f)
-        .await
-        .unwrap_or_else(|_| panic!("{what}: nothing within {WAIT:?}"))
-}
-
-/// The gRPC code name and message of a failed call.
-fn grpc<T: Debug>(result: Result<T, etcd_client::Error>) -> (String, String) {
-    match result {
-        Err(etcd_client::Error::GRpcStatus(s)) => {
-            (format!("{:?}", s.code()), s.message().to_string())
-        }
-        other => panic!("expected a gRPC error status, got {other:?}"),
-    }
-}
-
-/// Grants a lease with a server-chosen id and returns the id.
-async fn grant(c: &mut Client, ttl: i64) -> i64 {
-    let r = c.lease_grant(ttl, None).await.expect("grant");
-    assert_eq!(r.ttl(), ttl, "granted TTL");
-    r.id()
-}
-
-/// Puts `key` attached to `lease`; returns the put's revision.
-async fn put_with(c: &mut Client, key: &str, value: &str, lease: i64) -> i64 {
-    let opts = PutOptions::new().with_lease(lease);
-    let r = c.put(key, value, Some(opts)).await.expect("put");
-    r.header().expect("header").revision()
-}
-
-/// The lease `key` is attached to (0 = none), or `None` if it is absent.
-async fn lease_of(c: &mut Client, key: &str) -> Option<i64> {
-    let r = c.get(key, None).await.expect("get");
-    r.kvs().first().map(|kv| kv.lease())
-}
-
-/// The keys attached to `lease`, sorted (etcd lists them in map order).
-async fn keys_of(c: &mut Client, lease: i64) -> Vec<String> {
-    let opts = LeaseTimeToLiveOptions::new().with_keys();
-    let r = c.lease_time_to_live(lease, Some(opts)).await.expect("ttl");
-    let mut keys: Vec<String> = r
-        .keys()
-        .iter()
-        .map(|k| String::from_utf8(k.clone()).expect("utf-8 key"))
-        .collect();
-    keys.sort();
-    keys
-}
-
-/// The ids of all leases, sorted.
-async fn lease_ids(c: &mut Client) -> Vec<i64> {
-    let r = c.leases().await.expect("leases");
-    let mut ids: Vec<i64> = r.leases().iter().map(|l| l.id()).collect();
-    ids.sort();
-    ids
-}
-
-/// Opens a watch and waits until the server confirms it, so that no event
-/// after this point can be missed.
-async fn watch(c: &mut Client, key: &str, opts: Option<WatchOptions>) -> WatchStream {
-    let mut w = c.watch(key, opts).await.expect("watch");
-    let created = within("watch created", w.message())
-        .await
-        .expect("watch response")
-        .expect("watch stream open");
-    assert!(created.created(), "first watch response: {created:?}");
-    w
-}
-
-/// The next `n` events on `w`.
-async fn events(w: &mut WatchStream, n: usize) -> Vec<Event> {
-    let mut out = Vec::new();
-    while out.len() < n {
-        let resp = within("watch events", w.message())
-            .await
-            .expect("watch response")
-            .expect("watch stream open");
-        out.extend(resp.events().iter().cloned());
-    }
-    assert_eq!(out.len(), n, "more events than expected: {out:?}");
-    out
-}
-
-/// (type, key, mod_revision) of an event, for one-line assertions.
-fn brief(e: &Event) -> (EventType, String, i64) {
-    let kv = e.kv().expect("event kv");
-    let key = kv.key_str().expect("utf-8 key").to_string();
-    (e.event_type(), key, kv.mod_revision())
-}
-
-/// Keeps `lease` alive from a background task: one keepalive every
-/// `every` (pacing, not waiting for an event). The task panics if the
-/// server stops renewing, so a test checks [`JoinHandle::is_finished`]
-/// before it aborts it.
-fn keep_alive_in_background(
-    c: &Client,
-    lease: i64,
-    every: Duration,
-) -> tokio::task::JoinHandle<()> {
-    let mut leases = c.lease_client();
-    tokio::spawn(async move {
-        let (mut keeper, mut answers) = leases.keep_alive(lease).await.expect("keepalive");
-        loop {
-            sleep(every).await;
-            keeper.keep_alive().await.expect("send keepalive");
-            let answer = within("keepalive answer", answers.message())
-                .await
-                .expect("keepalive stream")
-                .expect("keepalive stream open");
-            assert!(answer.ttl() > 0, "lease {lease:x} lost: {answer:?}");
-        }
-    })
-}
 
 #[tokio::test]
 async fn grant_with_server_or_client_chosen_ids_and_ttl_bounds() {
@@ -354,7 +218,7 @@ async fn time_to_live_and_leases() {
 
 #[tokio::test]
 async fn keepalive_renews_and_unknown_leases_get_ttl_zero() {
-    let server = Server::start();
+    let server = Server::start_paused();
     let mut c = connect(server.endpoint()).await;
     let lease = grant(&mut c, 2).await;
     put_with(&mut c, "ka", "v", lease).await;
@@ -362,21 +226,17 @@ async fn keepalive_renews_and_unknown_leases_get_ttl_zero() {
     // etcd-client sends the first keepalive itself and fails on TTL 0.
     let (mut keeper, mut answers) = c.lease_keep_alive(lease).await.unwrap();
     assert_eq!(keeper.id(), lease);
-    let start = Instant::now();
-    let mut renewals = 0;
-    // Keep it alive for well over twice its TTL.
-    while start.elapsed() < Duration::from_millis(4_500) {
-        // Pacing: a keepalive every 600 ms, under a third of the TTL.
-        sleep(Duration::from_millis(600)).await;
+    // Keep it alive for well over twice its TTL: eight rounds of 600 ms of
+    // the server's time, each under a third of the TTL.
+    for _ in 0..8 {
+        server.pass(Duration::from_millis(600)).await;
         keeper.keep_alive().await.unwrap();
         let answer = within("keepalive answer", answers.message())
             .await
             .unwrap()
             .expect("stream open");
         assert_eq!((answer.id(), answer.ttl()), (lease, 2));
-        renewals += 1;
     }
-    assert!(renewals >= 7);
     assert_eq!(lease_of(&mut c, "ka").await, Some(lease));
     let ttl = c.lease_time_to_live(lease, None).await.unwrap();
     assert!((1..=2).contains(&ttl.ttl()), "remaining {}", ttl.ttl());
@@ -393,7 +253,7 @@ async fn keepalive_renews_and_unknown_leases_get_ttl_zero() {
 
 #[tokio::test]
 async fn one_keepalive_stream_renews_many_leases() {
-    let server = Server::start();
+    let server = Server::start_paused();
     let mut c = connect(server.endpoint()).await;
     let mut leases = Vec::new();
     for i in 0..5 {
@@ -403,10 +263,9 @@ async fn one_keepalive_stream_renews_many_leases() {
     }
 
     let mut stream = raw::KeepAliveStream::open(server.endpoint()).await;
-    let start = Instant::now();
-    let mut rounds = 0;
-    // Keep all five alive for well over twice their TTL, on the one stream.
-    while start.elapsed() < Duration::from_millis(4_500) {
+    // Keep all five alive for well over twice their TTL, on the one
+    // stream: eight rounds, 600 ms of the server's time apart.
+    for _ in 0..8 {
         for &lease in &leases {
             stream.send(lease).await;
         }
@@ -421,11 +280,8 @@ async fn one_keepalive_stream_renews_many_leases() {
         expected.push((0x7171, 0));
         expected.sort();
         assert_eq!(answers, expected);
-        rounds += 1;
-        // Pacing: a round every 600 ms, under a third of the TTL.
-        sleep(Duration::from_millis(600)).await;
+        server.pass(Duration::from_millis(600)).await;
     }
-    assert!(rounds >= 7);
     let all = c
         .get("many/", Some(GetOptions::new().with_prefix()))
         .await
@@ -435,29 +291,23 @@ async fn one_keepalive_stream_renews_many_leases() {
 
 #[tokio::test]
 async fn an_abandoned_lease_expires_and_a_watcher_sees_its_keys_deleted() {
-    let server = Server::start();
+    let server = Server::start_paused();
     let mut c = connect(server.endpoint()).await;
-    let start = Instant::now();
     let lease = grant(&mut c, 2).await;
     let rev = put_with(&mut c, "exp", "v", lease).await;
     let opts = WatchOptions::new().with_start_revision(rev + 1);
     let mut w = watch(&mut c, "exp", Some(opts)).await;
 
+    // Just short of the deadline, 2 s after the grant, the key is there.
+    server.pass(Duration::from_millis(1_900)).await;
+    assert_eq!(lease_of(&mut c, "exp").await, Some(lease));
+    // Past it, the next expiry check (every 100 ms; etcd: 500 ms) revokes
+    // the lease with one write, seen by the watcher.
+    server.pass(Duration::from_millis(600)).await;
     let deleted = events(&mut w, 1).await;
-    let elapsed = start.elapsed();
     let (kind, key, del_rev) = brief(&deleted[0]);
     assert_eq!((kind, key.as_str()), (EventType::Delete, "exp"));
     assert_eq!(del_rev, rev + 1);
-    // The deadline is 2 s after the grant; the server checks for expired
-    // leases every 100 ms (etcd: 500 ms) and revokes with one write.
-    assert!(
-        elapsed >= Duration::from_millis(1_500),
-        "deleted after only {elapsed:?}"
-    );
-    assert!(
-        elapsed < Duration::from_secs(4),
-        "deleted only after {elapsed:?}"
-    );
 
     assert_eq!(lease_of(&mut c, "exp").await, None);
     let ttl = c.lease_time_to_live(lease, None).await.unwrap();
@@ -467,135 +317,41 @@ async fn an_abandoned_lease_expires_and_a_watcher_sees_its_keys_deleted() {
     assert!(c.lease_keep_alive(lease).await.is_err());
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn leases_survive_kill_9_with_their_checkpointed_remaining_ttl() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut server = Roster::start_in(dir.path(), &[]);
-    let mut c = connect(&server.endpoint).await;
-
-    let long = grant(&mut c, 60).await;
-    let granted = Instant::now();
-    put_with(&mut c, "long/1", "v", long).await;
-    put_with(&mut c, "long/2", "v", long).await;
-    // `short` is kept alive until the crash and abandoned after it;
-    // `kept` is kept alive on both sides of it.
-    let short = grant(&mut c, 8).await;
-    put_with(&mut c, "short/1", "v", short).await;
-    let kept = grant(&mut c, 6).await;
-    put_with(&mut c, "kept/1", "v", kept).await;
-    let renew_short = keep_alive_in_background(&c, short, Duration::from_secs(1));
-    let renew_kept = keep_alive_in_background(&c, kept, Duration::from_secs(1));
-
-    // Checkpoints are timer-driven, every 5 s from the server's start, and
-    // leave no trace a client can see, so the test waits for one. Any
-    // closed 5 s window after the grant holds a tick, so by 11 s after it a
-    // checkpoint taken at least 5 s after the grant has been written (with
-    // a second to spare for its write): it recorded `long` with at most
-    // 55 s left.
-    sleep(Duration::from_secs(11).saturating_sub(granted.elapsed())).await;
-    for renewer in [&renew_short, &renew_kept] {
-        assert!(!renewer.is_finished(), "keepalive failed before the crash");
-    }
-    renew_short.abort();
-    renew_kept.abort();
-    server.kill();
-    drop(c);
-
-    let server = Roster::start_in(dir.path(), &[]);
-    let restarted = Instant::now();
-    let mut c = connect(&server.endpoint).await;
-    // The live owner reconnects and renews at once.
-    let renew_kept = keep_alive_in_background(&c, kept, Duration::from_secs(1));
-
-    let mut all = vec![long, short, kept];
-    all.sort();
-    assert_eq!(lease_ids(&mut c).await, all);
-    let keys = c
-        .get("", Some(GetOptions::new().with_all_keys()))
-        .await
-        .unwrap();
-    let rev = keys.header().unwrap().revision();
-    let keys: Vec<_> = keys
-        .kvs()
-        .iter()
-        .map(|kv| (kv.key_str().unwrap(), kv.lease()))
-        .collect();
-    assert_eq!(
-        keys,
-        [
-            ("kept/1", kept),
-            ("long/1", long),
-            ("long/2", long),
-            ("short/1", short)
-        ]
-    );
-    assert_eq!(keys_of(&mut c, long).await, ["long/1", "long/2"]);
-
-    // Not reset to the full 60 s: the checkpointed remainder, and time did
-    // not run while the server was down.
-    let ttl = c.lease_time_to_live(long, None).await.unwrap();
-    assert_eq!(ttl.granted_ttl(), 60);
-    assert!(
-        (40..=55).contains(&ttl.ttl()),
-        "`long` restarted with {} s left",
-        ttl.ttl()
-    );
-
-    // Nobody renews `short` any more: it expires, at most its TTL (plus
-    // the expiry check and one write) after the restart.
-    let opts = WatchOptions::new().with_start_revision(rev + 1);
-    let mut w = watch(&mut c, "short/1", Some(opts)).await;
-    let deleted = timeout(Duration::from_secs(15), events(&mut w, 1))
-        .await
-        .expect("`short` expires after the restart");
-    assert_eq!(
-        brief(&deleted[0]),
-        (EventType::Delete, "short/1".to_string(), rev + 1)
-    );
-    assert!(
-        restarted.elapsed() < Duration::from_secs(8 + 2),
-        "`short` outlived its TTL: {:?}",
-        restarted.elapsed()
-    );
-    assert_eq!(lease_of(&mut c, "short/1").await, None);
-
-    // `kept` must be renewed past its own TTL after the restart.
-    sleep(Duration::from_secs(7).saturating_sub(restarted.elapsed())).await;
-    assert!(!renew_kept.is_finished(), "keepalive failed after restart");
-    renew_kept.abort();
-    assert_eq!(lease_of(&mut c, "kept/1").await, Some(kept));
-    assert_eq!(lease_of(&mut c, "long/1").await, Some(long));
-    let mut left = vec![long, kept];
-    left.sort();
-    assert_eq!(lease_ids(&mut c).await, left);
-}
-
 /// One LeaseKeepAlive stream carrying any lease ids, on Roster's own
 /// generated gRPC client (etcd-client ties each stream to one lease).
 mod raw {
     use roster_proto::etcdserverpb::lease_client::LeaseClient;
     use roster_proto::etcdserverpb::{LeaseKeepAliveRequest, LeaseKeepAliveResponse};
     use tokio::sync::mpsc;
+    use tokio::task::JoinHandle;
     use tokio_stream::wrappers::ReceiverStream;
-    use tonic::Streaming;
+    use tonic::{Response, Status, Streaming};
+
+    type Opening = JoinHandle<Result<Response<Streaming<LeaseKeepAliveResponse>>, Status>>;
 
     pub struct KeepAliveStream {
         tx: mpsc::Sender<LeaseKeepAliveRequest>,
-        rx: Streaming<LeaseKeepAliveResponse>,
+        opening: Option<Opening>,
+        rx: Option<Streaming<LeaseKeepAliveResponse>>,
     }
 
     impl KeepAliveStream {
+        /// Starts the call. etcd sends a stream's response headers only with
+        /// its first answer, so the call is awaited on the first `recv`,
+        /// after something has been sent.
         pub async fn open(endpoint: &str) -> KeepAliveStream {
             let mut client = LeaseClient::connect(format!("http://{endpoint}"))
                 .await
                 .expect("connect");
             let (tx, requests) = mpsc::channel(16);
-            let rx = client
-                .lease_keep_alive(ReceiverStream::new(requests))
-                .await
-                .expect("open keepalive stream")
-                .into_inner();
-            KeepAliveStream { tx, rx }
+            let opening = tokio::spawn(async move {
+                client.lease_keep_alive(ReceiverStream::new(requests)).await
+            });
+            KeepAliveStream {
+                tx,
+                opening: Some(opening),
+                rx: None,
+            }
         }
 
         pub async fn send(&mut self, id: i64) {
@@ -607,8 +363,12 @@ mod raw {
 
         /// The next answer: (lease id, TTL).
         pub async fn recv(&mut self) -> (i64, i64) {
-            let r = self
-                .rx
+            if let Some(opening) = self.opening.take() {
+                let opened = opening.await.expect("call task");
+                self.rx = Some(opened.expect("open keepalive stream").into_inner());
+            }
+            let rx = self.rx.as_mut().expect("stream opened");
+            let r = rx
                 .message()
                 .await
                 .expect("keepalive stream")

@@ -1,43 +1,31 @@
 //! Locks (`v3lockpb.Lock`) and elections (`v3electionpb.Election`) end to
-//! end: the real `roster` binary driven by the third-party `etcd-client`
-//! crate's `lock_client()` and `election_client()`.
+//! end: a real server driven by the third-party `etcd-client` crate's
+//! `lock_client()` and `election_client()`.
 //!
 //! Both recipes hang an ownership key `name/<lease in hex>` on the
 //! contender's lease; the oldest key holds the lock or leads. So the tests
 //! check the keys as well as the answers, and that a lease running out
 //! releases what it held. Every test starts its own server.
 //!
-//! The expected values are etcd 3.4's. Set `ROSTER_TEST_AGAINST_ETCD=1` to
-//! run the same tests against the real etcd (`/usr/bin/etcd`) instead; all
-//! of them pass there.
+//! The expected values are etcd 3.4's, and `scripts/test.sh` runs these
+//! tests against the real etcd too.
 //!
 //! Timing: every wait for an event (a lock granted, a campaign won, an
-//! observed change) is bounded by [`WAIT`], and every unary call by the
-//! client's own timeout ([`RPC_TIMEOUT`]). Sleeps only let a TTL run out,
+//! observed change) is bounded by [`roster_testkit::WAIT`], and every unary call by the
+//! client's own timeout (the same). Sleeps only let a TTL run out,
 //! pace keepalives or contention, or give a call that must stay blocked
 //! the time to show it does; each says which.
 
-mod common;
-
-use std::fmt::Debug;
-use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::Server;
-use etcd_client::{
-    Client, ConnectOptions, LeaderKey, LockOptions, ObserveStream, ProclaimOptions, ResignOptions,
-};
+use etcd_client::{Client, LeaderKey, LockOptions, ObserveStream, ProclaimOptions, ResignOptions};
+use roster_testkit::etcd_api::{connect, grpc, keep_alive_in_background};
+use roster_testkit::{joined, within, Server};
 use tokio::task::JoinHandle;
 use tokio::time::{sleep, timeout};
 
-/// The longest wait for an event the test expects to happen.
-const WAIT: Duration = Duration::from_secs(10);
-/// The longest a unary call (or the opening of a stream) may take. A lock
-/// or campaign call that waits its turn is one unary call, so this also
-/// bounds each wait for a lock or a leadership.
-const RPC_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a call that must stay blocked is watched before the test
 /// believes it (a negative cannot be awaited).
 const STILL_BLOCKED: Duration = Duration::from_millis(500);
@@ -45,42 +33,11 @@ const STILL_BLOCKED: Duration = Duration::from_millis(500);
 const NOT_LEADER: &str = "election: not leader";
 const NO_LEADER: &str = "election: no leader";
 
-/// Connects an etcd client. The timeout covers each unary call and the
-/// opening of each stream, not a stream's later messages.
-async fn connect(server: &Server) -> Client {
-    let opts = ConnectOptions::new().with_timeout(RPC_TIMEOUT);
-    Client::connect([server.url()], Some(opts))
-        .await
-        .expect("connect")
-}
-
-/// Awaits `f` for at most [`WAIT`].
-async fn within<F: Future>(what: &str, f: F) -> F::Output {
-    timeout(WAIT, f)
-        .await
-        .unwrap_or_else(|_| panic!("{what}: nothing within {WAIT:?}"))
-}
-
-/// The result of a spawned call, waited for at most [`WAIT`].
-async fn joined<T>(what: &str, task: JoinHandle<T>) -> T {
-    within(what, task).await.expect("task panicked")
-}
-
 /// Asserts that a spawned call is still blocked a while after it started.
 async fn assert_blocked<T>(what: &str, task: &JoinHandle<T>) {
     // A negative cannot be awaited: give the call time to (wrongly) return.
     sleep(STILL_BLOCKED).await;
     assert!(!task.is_finished(), "{what} returned while it should wait");
-}
-
-/// The gRPC code name and message of a failed call.
-fn grpc<T: Debug>(result: Result<T, etcd_client::Error>) -> (String, String) {
-    match result {
-        Err(etcd_client::Error::GRpcStatus(s)) => {
-            (format!("{:?}", s.code()), s.message().to_string())
-        }
-        other => panic!("expected a gRPC error status, got {other:?}"),
-    }
 }
 
 /// Grants a lease with a server-chosen id.
@@ -96,26 +53,6 @@ async fn exists(c: &mut Client, key: &[u8]) -> bool {
 /// The ownership key etcd's recipes give `lease` under `name`.
 fn owner_key(name: &str, lease: i64) -> Vec<u8> {
     format!("{name}/{lease:x}").into_bytes()
-}
-
-/// Keeps `lease` alive from a background task: one keepalive every
-/// `every` (pacing, not waiting for an event). The task panics if the
-/// server stops renewing, so a test checks [`JoinHandle::is_finished`]
-/// before it aborts it.
-fn keep_alive_in_background(c: &Client, lease: i64, every: Duration) -> JoinHandle<()> {
-    let mut leases = c.lease_client();
-    tokio::spawn(async move {
-        let (mut keeper, mut answers) = leases.keep_alive(lease).await.expect("keepalive");
-        loop {
-            sleep(every).await;
-            keeper.keep_alive().await.expect("send keepalive");
-            let answer = within("keepalive answer", answers.message())
-                .await
-                .expect("keepalive stream")
-                .expect("keepalive stream open");
-            assert!(answer.ttl() > 0, "lease {lease:x} lost: {answer:?}");
-        }
-    })
 }
 
 /// Takes the lock `name` with `lease` from a spawned task.
@@ -167,7 +104,7 @@ async fn next(observed: &mut ObserveStream) -> (Vec<u8>, String) {
 #[tokio::test]
 async fn lock_returns_a_key_under_the_name_and_unlock_deletes_it() {
     let server = Server::start();
-    let mut c = connect(&server).await;
+    let mut c = connect(server.endpoint()).await;
     let lease = grant(&mut c, 30).await;
     let mut locks = c.lock_client();
 
@@ -197,7 +134,7 @@ async fn lock_returns_a_key_under_the_name_and_unlock_deletes_it() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_second_lock_waits_until_the_first_is_unlocked() {
     let server = Server::start();
-    let mut c = connect(&server).await;
+    let mut c = connect(server.endpoint()).await;
     let (la, lb) = (grant(&mut c, 30).await, grant(&mut c, 30).await);
 
     let opts = LockOptions::new().with_lease(la);
@@ -218,7 +155,7 @@ async fn a_second_lock_waits_until_the_first_is_unlocked() {
 async fn two_contenders_never_hold_the_lock_together() {
     const ROUNDS: usize = 20;
     let server = Server::start();
-    let c = connect(&server).await;
+    let c = connect(server.endpoint()).await;
     let inside = Arc::new(AtomicUsize::new(0));
     // (contender, entered?) in the order things happened.
     let log = Arc::new(Mutex::new(Vec::new()));
@@ -265,7 +202,7 @@ async fn two_contenders_never_hold_the_lock_together() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_lock_whose_lease_expires_passes_to_the_next_waiter() {
     let server = Server::start();
-    let mut c = connect(&server).await;
+    let mut c = connect(server.endpoint()).await;
     let start = Instant::now();
     // Nobody keeps `la` alive.
     let la = grant(&mut c, 2).await;
@@ -291,7 +228,7 @@ async fn locks_without_a_lease_still_exclude_each_other() {
     // etcd-client sends lease 0 when no lease is given; etcd's lock service
     // then grants each call a session lease of its own (60 s).
     let server = Server::start();
-    let mut c = connect(&server).await;
+    let mut c = connect(server.endpoint()).await;
     let a = c.lock_client().lock("bare", None).await.unwrap();
 
     let mut locks = c.lock_client();
@@ -317,7 +254,7 @@ async fn locks_without_a_lease_still_exclude_each_other() {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_abandoned_lock_request_does_not_block_later_ones() {
     let server = Server::start();
-    let mut c = connect(&server).await;
+    let mut c = connect(server.endpoint()).await;
     let (la, lb, lc) = (
         grant(&mut c, 30).await,
         grant(&mut c, 30).await,
@@ -343,7 +280,7 @@ async fn an_abandoned_lock_request_does_not_block_later_ones() {
 #[tokio::test]
 async fn campaign_leader_and_proclaim() {
     let server = Server::start();
-    let mut c = connect(&server).await;
+    let mut c = connect(server.endpoint()).await;
     let lease = grant(&mut c, 30).await;
     let mut elections = c.election_client();
 
@@ -387,7 +324,7 @@ async fn campaign_leader_and_proclaim() {
 #[tokio::test(flavor = "multi_thread")]
 async fn observe_proclaim_and_resign_hand_over_to_the_waiting_campaigner() {
     let server = Server::start();
-    let mut c = connect(&server).await;
+    let mut c = connect(server.endpoint()).await;
     let (la, lb) = (grant(&mut c, 30).await, grant(&mut c, 30).await);
     let mut elections = c.election_client();
 
@@ -433,7 +370,7 @@ async fn observe_proclaim_and_resign_hand_over_to_the_waiting_campaigner() {
 #[tokio::test(flavor = "multi_thread")]
 async fn leadership_passes_when_the_leaders_lease_expires() {
     let server = Server::start();
-    let mut c = connect(&server).await;
+    let mut c = connect(server.endpoint()).await;
     let start = Instant::now();
     // Nobody keeps `la` alive; `lb` is kept alive throughout.
     let la = grant(&mut c, 2).await;
@@ -461,7 +398,7 @@ async fn campaigns_without_a_lease_still_elect_one_leader() {
     // As with locks, etcd's election service grants a campaign that names
     // no lease a session lease of its own (60 s).
     let server = Server::start();
-    let mut c = connect(&server).await;
+    let mut c = connect(server.endpoint()).await;
     let a = c.election_client().campaign("bare", "a", 0).await.unwrap();
     let a = a.leader().expect("leader key").clone();
 
@@ -480,7 +417,7 @@ async fn campaigns_without_a_lease_still_elect_one_leader() {
 #[tokio::test]
 async fn leader_of_an_election_without_candidates_fails() {
     let server = Server::start();
-    let mut c = connect(&server).await;
+    let mut c = connect(server.endpoint()).await;
     let mut elections = c.election_client();
     assert_eq!(
         grpc(elections.leader("nobody").await),

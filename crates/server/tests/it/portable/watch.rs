@@ -1,14 +1,11 @@
-//! The Watch API end to end: the real `roster` binary driven by the
-//! third-party `etcd-client` crate, one feature per test.
+//! The Watch API end to end: a real server driven by the third-party
+//! `etcd-client` crate, one feature per test.
 //!
 //! Every test starts its own server on a fresh data directory, so the store
 //! begins at revision 1 and each write's revision can be counted by hand;
 //! the comments next to the writes give them. The expected values are etcd
-//! 3.4's: set `ROSTER_TEST_AGAINST_ETCD=1` to run the same tests against
-//! the real etcd (`/usr/bin/etcd`) instead, which is how they were checked.
-//! For the progress-notice test etcd also needs
-//! `ETCD_EXPERIMENTAL_WATCH_PROGRESS_NOTIFY_INTERVAL=300ms` in the
-//! environment, its way of taking the flag roster gets on its command line.
+//! 3.4's, and `scripts/test.sh` runs these tests against the real etcd too
+//! (the progress-notice interval reaches it as its own flag).
 //!
 //! etcd-client 0.21 is a thin client: a watch is one gRPC stream that it
 //! neither multiplexes nor resumes, and it does not reassemble fragments.
@@ -17,28 +14,17 @@
 //! Every wait is bounded by [`WAIT`]; a test that proves an absence does so
 //! by a later event that must come first, never by sleeping.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::fmt::{self, Write as _};
 use std::time::Duration;
 
-use common::Server;
 use etcd_client::{
     Client, DeleteOptions, Event, EventType, PutOptions, Txn, TxnOp, WatchFilterType, WatchOptions,
     WatchResponse, WatchStream,
 };
+use roster_testkit::etcd_api::connect;
+use roster_testkit::{Server, Setting, WAIT};
 use tokio::time::timeout;
-
-/// Longest wait for any one response.
-const WAIT: Duration = Duration::from_secs(10);
-
-/// Connects a new client.
-async fn connect(server: &Server) -> Client {
-    Client::connect([server.url()], None)
-        .await
-        .expect("connect")
-}
 
 /// The next response on `s`, which must come within [`WAIT`].
 async fn recv(s: &mut WatchStream) -> WatchResponse {
@@ -196,7 +182,7 @@ async fn revision(c: &mut Client) -> i64 {
 #[tokio::test]
 async fn single_key_events_carry_the_key_values_and_header_revisions() {
     let server = Server::start();
-    let mut c = connect(&server).await;
+    let mut c = connect(server.endpoint()).await;
     let (mut s, id, rev) = open(&mut c, "a", WatchOptions::new()).await;
     assert_eq!((id, rev), (0, 1), "first watcher id and creation revision");
 
@@ -239,7 +225,7 @@ async fn single_key_events_carry_the_key_values_and_header_revisions() {
 #[tokio::test]
 async fn txns_deletes_and_lease_revocations_are_one_response_per_revision() {
     let server = Server::start();
-    let mut c = connect(&server).await;
+    let mut c = connect(server.endpoint()).await;
     let (mut s, id, _) = open(&mut c, "", WatchOptions::new().with_all_keys()).await;
 
     let txn = Txn::new().and_then([
@@ -291,7 +277,7 @@ async fn txns_deletes_and_lease_revocations_are_one_response_per_revision() {
 #[tokio::test]
 async fn range_prefix_from_key_and_all_keys_watchers_share_a_stream() {
     let server = Server::start();
-    let mut c = connect(&server).await;
+    let mut c = connect(server.endpoint()).await;
     let (mut s, single, _) = open(&mut c, "b", WatchOptions::new()).await;
     let range = add(&mut s, "b", WatchOptions::new().with_range("d")).await;
     let prefix = add(&mut s, "p/", WatchOptions::new().with_prefix()).await;
@@ -347,7 +333,7 @@ async fn range_prefix_from_key_and_all_keys_watchers_share_a_stream() {
 #[tokio::test]
 async fn start_revision_replays_history_then_continues_live() {
     let server = Server::start();
-    let mut c = connect(&server).await;
+    let mut c = connect(server.endpoint()).await;
     c.put("a", "1", None).await.unwrap(); // rev 2
     c.put("b", "1", None).await.unwrap(); // rev 3
     c.delete("a", None).await.unwrap(); // rev 4
@@ -401,7 +387,7 @@ async fn start_revision_replays_history_then_continues_live() {
 #[tokio::test]
 async fn a_future_start_revision_waits_for_that_revision() {
     let server = Server::start();
-    let mut c = connect(&server).await;
+    let mut c = connect(server.endpoint()).await;
     c.put("a", "1", None).await.unwrap(); // rev 2
     let (mut s, id, _) = open(&mut c, "a", WatchOptions::new().with_start_revision(4)).await;
     let witness = add(&mut s, "a", WatchOptions::new()).await;
@@ -417,7 +403,7 @@ async fn a_future_start_revision_waits_for_that_revision() {
 #[tokio::test]
 async fn prev_kv_is_the_pair_before_each_put_and_delete() {
     let server = Server::start();
-    let mut c = connect(&server).await;
+    let mut c = connect(server.endpoint()).await;
     c.put("a", "1", None).await.unwrap(); // rev 2
     let (mut s, with, _) = open(&mut c, "a", WatchOptions::new().with_prev_key()).await;
     let without = add(&mut s, "a", WatchOptions::new()).await;
@@ -456,7 +442,7 @@ async fn prev_kv_is_the_pair_before_each_put_and_delete() {
 #[tokio::test]
 async fn noput_and_nodelete_filters_drop_those_events() {
     let server = Server::start();
-    let mut c = connect(&server).await;
+    let mut c = connect(server.endpoint()).await;
     let all = || WatchOptions::new().with_all_keys();
     let (mut s, no_put, _) = open(&mut c, "", all().with_filters([WatchFilterType::NoPut])).await;
     let no_del = add(&mut s, "", all().with_filters([WatchFilterType::NoDelete])).await;
@@ -482,8 +468,8 @@ async fn noput_and_nodelete_filters_drop_those_events() {
 
 #[tokio::test]
 async fn idle_watchers_that_ask_get_progress_notices_at_the_current_revision() {
-    let server = Server::start_with(&["--experimental-watch-progress-notify-interval", "300ms"]);
-    let mut c = connect(&server).await;
+    let server = Server::start_with(&[Setting::ProgressNotifyInterval(Duration::from_millis(300))]);
+    let mut c = connect(server.endpoint()).await;
     let notify = WatchOptions::new().with_progress_notify();
     let (mut s, asks, _) = open(&mut c, "idle", notify).await;
     let quiet = add(&mut s, "idle2", WatchOptions::new()).await;
@@ -511,7 +497,7 @@ async fn idle_watchers_that_ask_get_progress_notices_at_the_current_revision() {
 #[tokio::test]
 async fn a_progress_request_is_answered_with_the_current_revision() {
     let server = Server::start();
-    let mut c = connect(&server).await;
+    let mut c = connect(server.endpoint()).await;
     let (mut s, _, _) = open(&mut c, "a", WatchOptions::new()).await;
     c.put("b", "1", None).await.unwrap(); // rev 2
     c.put("b", "2", None).await.unwrap(); // rev 3
@@ -529,7 +515,7 @@ async fn a_progress_request_is_answered_with_the_current_revision() {
 #[tokio::test]
 async fn a_canceled_watcher_gets_no_more_events() {
     let server = Server::start();
-    let mut c = connect(&server).await;
+    let mut c = connect(server.endpoint()).await;
     let (mut s, gone, _) = open(&mut c, "a", WatchOptions::new()).await;
     let witness = add(&mut s, "a", WatchOptions::new()).await;
     c.put("a", "1", None).await.unwrap(); // rev 2
@@ -551,7 +537,7 @@ async fn a_canceled_watcher_gets_no_more_events() {
 #[tokio::test]
 async fn watch_ids_are_per_stream_counting_from_zero_or_chosen_by_the_client() {
     let server = Server::start();
-    let mut c = connect(&server).await;
+    let mut c = connect(server.endpoint()).await;
     let (mut s, first, _) = open(&mut c, "a", WatchOptions::new()).await;
     let mut ids = vec![first];
     ids.push(add(&mut s, "a", WatchOptions::new()).await);
@@ -588,7 +574,7 @@ async fn watch_ids_are_per_stream_counting_from_zero_or_chosen_by_the_client() {
 #[tokio::test]
 async fn a_duplicate_client_chosen_watch_id_is_refused() {
     let server = Server::start();
-    let mut c = connect(&server).await;
+    let mut c = connect(server.endpoint()).await;
     let (mut s, id, _) = open(&mut c, "a", WatchOptions::new().with_watch_id(7)).await;
     assert_eq!(id, 7);
 
@@ -612,7 +598,7 @@ async fn a_duplicate_client_chosen_watch_id_is_refused() {
 #[tokio::test]
 async fn many_watchers_on_one_stream_each_get_their_own_events() {
     let server = Server::start();
-    let mut c = connect(&server).await;
+    let mut c = connect(server.endpoint()).await;
     let key = |i: usize| format!("m/{i:02}");
     let (mut s, first, _) = open(&mut c, &key(0), WatchOptions::new()).await;
     let mut ids = vec![first];
@@ -669,7 +655,7 @@ async fn reassemble(s: &mut WatchStream, id: i64) -> Vec<WatchResponse> {
 #[tokio::test]
 async fn fragment_splits_large_responses_and_every_event_arrives() {
     let server = Server::start();
-    let mut c = connect(&server).await;
+    let mut c = connect(server.endpoint()).await;
     let key = |i: usize| format!("f/{i:02}");
     let n = 22; // 22 values of 64 KiB: a txn just under the 1.5 MiB limit.
     for i in 0..n {
@@ -752,7 +738,7 @@ async fn fragment_splits_large_responses_and_every_event_arrives() {
 #[tokio::test]
 async fn a_start_revision_below_the_compaction_cancels_the_watcher() {
     let server = Server::start();
-    let mut c = connect(&server).await;
+    let mut c = connect(server.endpoint()).await;
     for v in 1..=5 {
         c.put("a", v.to_string(), None).await.unwrap(); // revs 2 to 6
     }
@@ -782,7 +768,7 @@ async fn a_start_revision_below_the_compaction_cancels_the_watcher() {
 #[tokio::test]
 async fn an_empty_key_range_is_refused() {
     let server = Server::start();
-    let mut c = connect(&server).await;
+    let mut c = connect(server.endpoint()).await;
     let mut s = c
         .watch("b", Some(WatchOptions::new().with_range("a")))
         .await

@@ -25,18 +25,17 @@
 //!
 //! Set `ROSTER_TEST_AGAINST_ETCD=1` to run both against the real etcd 3.4.
 
-mod common;
-
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::Server;
 use etcd_client::{
     Client, DeleteOptions, Event, EventType, GetOptions, Txn, TxnOp, TxnOpResponse,
     WatchFilterType, WatchOptions, WatchRequestSender, WatchResponse, WatchResponseStream,
 };
+use roster_testkit::etcd_api::connect;
+use roster_testkit::Server;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::timeout;
@@ -55,14 +54,6 @@ const SLOW_PAUSE: Duration = Duration::from_millis(20);
 const OP_WAIT: Duration = Duration::from_secs(10);
 /// Longest wait for watchers to receive everything once writes have ended.
 const CATCH_UP_WAIT: Duration = Duration::from_secs(30);
-
-/// Connects a new client: its own connection, so that one client's flow
-/// control never holds up another's.
-async fn connect(server: &Server) -> Client {
-    Client::connect([server.url()], None)
-        .await
-        .expect("connect")
-}
 
 fn key(i: u64) -> String {
     format!("k/{i}")
@@ -596,9 +587,9 @@ async fn revision(c: &mut Client) -> i64 {
 async fn every_watcher_sees_its_events_once_in_order_under_concurrent_writes() {
     let began = Instant::now();
     let server = Server::start();
-    let mut a = connect(&server).await;
-    let mut slow_client = connect(&server).await;
-    let mut late = connect(&server).await;
+    let mut a = connect(server.endpoint()).await;
+    let mut slow_client = connect(server.endpoint()).await;
+    let mut late = connect(server.endpoint()).await;
 
     // Before any write: two streams of ten, and the slow stream with five
     // broad watchers (so that it has much to read) that all want values.
@@ -631,7 +622,7 @@ async fn every_watcher_sees_its_events_once_in_order_under_concurrent_writes() {
     let progress = Arc::new(progress);
     let mut writers = Vec::new();
     for id in 0..WRITERS {
-        let c = connect(&server).await;
+        let c = connect(server.endpoint()).await;
         writers.push(tokio::spawn(writer(c, id, OPS, progress.clone())));
     }
 
@@ -756,7 +747,7 @@ async fn a_stalled_watcher_does_not_hold_up_others_and_catches_up_later() {
     };
 
     // A watcher whose stream nobody reads until the end.
-    let mut stalled_client = connect(&server).await;
+    let mut stalled_client = connect(server.endpoint()).await;
     let (k, o) = all().options();
     let mut stalled = stalled_client.watch(k, Some(o)).await.expect("watch");
     let r = timeout(OP_WAIT, stalled.message())
@@ -768,7 +759,7 @@ async fn a_stalled_watcher_does_not_hold_up_others_and_catches_up_later() {
     let stalled_from = r.header().expect("header").revision();
 
     // Another client's watcher, read all along.
-    let mut live_client = connect(&server).await;
+    let mut live_client = connect(server.endpoint()).await;
     let mut live = Tap::open("live", &mut live_client, vec![all()], None).await;
 
     // 5 MiB of puts, far more than the stalled stream's queue and its
@@ -776,7 +767,7 @@ async fn a_stalled_watcher_does_not_hold_up_others_and_catches_up_later() {
     let began = Instant::now();
     let mut writers = Vec::new();
     for w in 0..STALL_WRITERS {
-        let mut c = connect(&server).await;
+        let mut c = connect(server.endpoint()).await;
         writers.push(tokio::spawn(async move {
             let mut writes = Vec::new();
             for n in (w..STALL_PUTS).step_by(STALL_WRITERS) {

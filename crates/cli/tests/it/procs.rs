@@ -3,14 +3,9 @@
 //! those tests drive them with.
 //!
 //! Every process is the binary this package builds, started the way an
-//! operator would start it. [`Echo`] and [`Gateway`] wait for the one line
-//! each prints when it is ready (the echo prints it only once it is
-//! *registered*, the gateway once it is bound), remember when that line was
-//! read, keep draining the rest of the output so no child ever blocks on a
-//! full pipe, and kill the child when dropped. The last lines of each
-//! child's log are printed if the test is failing, because a proxy test
-//! that fails without the proxy's log is hard to read.
-//! `ROSTER_TEST_VERBOSE=1` echoes every line as it arrives.
+//! operator would start it, through [`roster_testkit::Proc`]. [`Echo`] and
+//! [`Gateway`] wait for the one line each prints when it is ready (the echo
+//! prints it only once it is *registered*, the gateway once it is bound).
 //!
 //! The client is hyper's connection-level HTTP/1.1 client ([`Conn`]): a
 //! test that cares about keep-alive holds one connection and sees it break
@@ -22,12 +17,11 @@
 //! conditions on that tally (an instance's first answer, a number of
 //! answers) instead of sleeping for a guessed time.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::io::{BufRead, BufReader};
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http_body_util::combinators::BoxBody;
@@ -37,162 +31,18 @@ use hyper::client::conn::http1::{self, SendRequest};
 use hyper::header::HeaderMap;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
+use roster_testkit::{until, Proc, WAIT};
 use serde_json::Value;
 use tokio::net::TcpStream;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::timeout;
 
-/// The longest wait for anything a test expects to happen: a process to
-/// become ready, an answer, a state of the gateway's route table.
-pub const WAIT: Duration = Duration::from_secs(15);
-
-/// How many of a child's last log lines are kept for a failure report.
-const LOG_LINES: usize = 200;
-
-/// A child process of the test, killed when dropped.
-pub struct Proc {
-    name: String,
-    child: Child,
-    log: Arc<Mutex<VecDeque<String>>>,
-}
-
-impl Proc {
-    /// Starts `roster ARGS` and waits for a stderr line starting with
-    /// `ready`; returns the process, that line and when it was read.
-    async fn start(name: &str, args: &[String], ready: &'static str) -> (Proc, String, Instant) {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_roster"))
-            .args(args)
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start roster {args:?}: {e}"));
-        let stderr = child.stderr.take().expect("piped stderr");
-        let log = Arc::new(Mutex::new(VecDeque::new()));
-        let (tx, rx) = oneshot::channel();
-        let (lines, label) = (log.clone(), name.to_string());
-        std::thread::spawn(move || {
-            let mut tx = Some(tx);
-            let verbose = std::env::var_os("ROSTER_TEST_VERBOSE").is_some();
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                // Taken first, as close as can be to when the line was
-                // written: time-to-traffic figures are measured from it.
-                let at = Instant::now();
-                if verbose {
-                    eprintln!("[{label}] {line}");
-                }
-                if line.starts_with(ready) {
-                    if let Some(t) = tx.take() {
-                        let _ = t.send((line.clone(), at));
-                    }
-                }
-                let mut lines = lines.lock().unwrap();
-                if lines.len() == LOG_LINES {
-                    lines.pop_front();
-                }
-                lines.push_back(line);
-            }
-        });
-        let mut proc = Proc {
-            name: name.to_string(),
-            child,
-            log,
-        };
-        match timeout(WAIT, rx).await {
-            Ok(Ok((line, at))) => (proc, line, at),
-            Ok(Err(_)) => {
-                let status = proc.child.wait().expect("wait");
-                panic!("{name} exited ({status}) before it was ready");
-            }
-            Err(_) => panic!("{name} not ready after {WAIT:?}"),
-        }
-    }
-
-    /// The process id.
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Sends SIGTERM: a graceful stop.
-    pub fn terminate(&self) {
-        let status = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.pid().to_string())
-            .status()
-            .expect("run kill");
-        assert!(status.success(), "kill -TERM {}", self.name);
-    }
-
-    /// Sends SIGKILL (`kill -9`) and reaps the process.
-    pub fn kill9(&mut self) {
-        self.child.kill().expect("kill -9");
-        self.child.wait().expect("reap");
-    }
-
-    /// Waits, within [`WAIT`], for the process to exit.
-    pub async fn exited(&mut self) -> ExitStatus {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "{} still running", self.name);
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-
-    /// Waits, within [`WAIT`], for a log line containing `text`.
-    pub async fn until_log(&self, text: &str) -> String {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let found = self
-                .log
-                .lock()
-                .unwrap()
-                .iter()
-                .find(|l| l.contains(text))
-                .cloned();
-            if let Some(line) = found {
-                return line;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{}: no line with {text:?} after {WAIT:?}",
-                self.name
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-
-    /// The child's peak resident memory (`VmHWM`), in bytes.
-    #[cfg(target_os = "linux")]
-    pub fn peak_rss(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
-            .expect("read /proc/PID/status");
-        let kib: u64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .expect("VmHWM in /proc/PID/status");
-        kib * 1024
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            let log = self.log.lock().unwrap_or_else(|e| e.into_inner());
-            eprintln!("--- last {} lines of {} ---", log.len(), self.name);
-            for line in log.iter() {
-                eprintln!("[{}] {line}", self.name);
-            }
-        }
-    }
+/// `roster ARGS`, logging warnings only.
+pub fn roster(args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_roster"));
+    cmd.args(args).env("RUST_LOG", "warn");
+    cmd
 }
 
 /// The socket address that follows `after` in a ready line.
@@ -208,8 +58,6 @@ fn address_in(line: &str, after: &str) -> SocketAddr {
 pub struct Echo {
     /// The process.
     pub proc: Proc,
-    /// Its instance id (given with `--id`).
-    pub id: String,
     /// Where it listens, which is also the address it registered.
     pub addr: SocketAddr,
     /// When the process was started: before it registered.
@@ -229,21 +77,23 @@ impl Echo {
 
     /// Like [`Echo::start`], with `extra` flags instead of `--ttl 2`.
     pub async fn start_with(registry: &str, service: &str, id: &str, extra: &[&str]) -> Echo {
-        let mut args: Vec<String> = ["echo", "--listen", "127.0.0.1:0", "--endpoints", registry]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        args.extend(["--service", service, "--id", id].map(String::from));
-        args.extend(extra.iter().map(|s| s.to_string()));
-        let name = format!("echo {id}");
+        let mut args = vec!["--endpoints", registry, "--service", service, "--id", id];
+        args.extend(extra);
+        Echo::run(id, &args)
+    }
+
+    /// Starts `roster echo --listen 127.0.0.1:0 ARGS` as instance `id`
+    /// (the `--id` in `args`, if any, is what it registers as).
+    pub fn run(id: &str, args: &[&str]) -> Echo {
+        let mut cmd = roster(&["echo", "--listen", "127.0.0.1:0"]);
+        cmd.args(args);
         let started_at = Instant::now();
-        let (proc, line, ready_at) = Proc::start(&name, &args, "roster: echo ").await;
+        let proc = Proc::start(&format!("echo {id}"), cmd, "roster: echo ");
         Echo {
-            proc,
-            id: id.to_string(),
-            addr: address_in(&line, "http://"),
+            addr: address_in(proc.ready_line(), "http://"),
             started_at,
-            ready_at,
+            ready_at: proc.ready_at(),
+            proc,
         }
     }
 }
@@ -262,17 +112,15 @@ impl Gateway {
     /// Starts a gateway on `registry` with `args` (routes as `--route`
     /// flags, or `--config FILE`); it listens on free ports.
     pub async fn start(registry: &str, args: &[&str]) -> Gateway {
-        let mut all: Vec<String> = ["gateway", "--endpoints", registry]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        all.extend(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"].map(String::from));
-        all.extend(args.iter().map(|s| s.to_string()));
-        let (proc, line, _) = Proc::start("gateway", &all, "roster: gateway listening").await;
+        let mut cmd = roster(&["gateway", "--endpoints", registry]);
+        cmd.args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+            .args(args);
+        let proc = Proc::start("gateway", cmd, "roster: gateway listening");
+        let line = proc.ready_line();
         Gateway {
+            addr: address_in(line, "listening on http://"),
+            admin: address_in(line, "(admin http://"),
             proc,
-            addr: address_in(&line, "listening on http://"),
-            admin: address_in(&line, "(admin http://"),
         }
     }
 
@@ -293,18 +141,10 @@ impl Gateway {
     /// Waits until the metric sample `series` (see [`sample`]) satisfies
     /// `ok`; returns its value.
     pub async fn until_sample(&self, series: &str, ok: impl Fn(f64) -> bool) -> f64 {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let value = sample(&self.metrics().await, series);
-            if ok(value) {
-                return value;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{series} still {value} after {WAIT:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        until(&format!("metric {series}"), || async {
+            Some(sample(&self.metrics().await, series)).filter(|&v| ok(v))
+        })
+        .await
     }
 
     /// Waits until route `name` lists exactly the instances `ids`, each
@@ -336,19 +176,11 @@ impl Gateway {
     /// Waits until the whole route table (the `/routes` list) satisfies
     /// `ok`, and returns it.
     pub async fn until_table(&self, what: &str, ok: impl Fn(&[Value]) -> bool) -> Vec<Value> {
-        let deadline = Instant::now() + WAIT;
-        loop {
+        until(what, || async {
             let routes = self.routes().await;
-            let list = routes.as_array().cloned().unwrap_or_default();
-            if ok(&list) {
-                return list;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "not {what} after {WAIT:?}: {routes:#}"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+            Some(routes.as_array().cloned().unwrap_or_default()).filter(|list| ok(list))
+        })
+        .await
     }
 }
 
@@ -450,11 +282,6 @@ impl Conn {
             .map_err(|e| e.to_string())?;
         tokio::spawn(conn);
         Ok(Conn { sender })
-    }
-
-    /// Whether the connection has closed.
-    pub fn is_closed(&self) -> bool {
-        self.sender.is_closed()
     }
 
     /// Sends `req`; returns the response with its body still streaming.

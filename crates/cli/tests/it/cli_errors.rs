@@ -2,11 +2,9 @@
 //! non-zero exit when it cannot: port taken, data dir unusable or already in
 //! use, unsupported URL scheme.
 
-mod common;
-
 use std::process::Command;
 
-use common::Roster;
+use crate::roster::Roster;
 
 /// Runs `roster serve` with `args` and returns its exit code and stderr.
 fn serve(args: &[&str]) -> (i32, String) {

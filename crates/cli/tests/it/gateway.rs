@@ -21,13 +21,12 @@
 //! `gateway_errors.rs`; headers, routing, upgrades, health checks, reloads
 //! and metrics in `gateway_features.rs`.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::procs::{get, instances_of, sample, Echo, Gateway, Load, Tally, WAIT};
-use common::Roster;
+use crate::procs::{get, instances_of, sample, Echo, Gateway, Load, Tally};
+use crate::roster::Roster;
 use hyper::StatusCode;
+use roster_testkit::WAIT;
 use tokio::time::timeout;
 
 /// Concurrent loops of the steady load.

@@ -19,26 +19,25 @@
 //! than any buffer goes up while the gateway's peak memory stays flat, and
 //! a response produced slowly arrives chunk by chunk, not all at the end.
 
-mod common;
-
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::procs::{call, empty, full, get, Body, Conn, Echo, Gateway, WAIT};
-use common::wire::chunk_arrivals;
-use common::Roster;
+use crate::procs::{call, empty, full, get, Body, Conn, Echo, Gateway};
+use crate::roster::Roster;
+use crate::wire::chunk_arrivals;
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Bytes, Frame};
 use hyper::{Request, StatusCode};
 use roster_client::{Client, Registration, Registry};
+use roster_testkit::WAIT;
 use serde_json::json;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpListener;
 use tokio::time::timeout;
 
 /// Asserts that `answer` is one of the gateway's own JSON answers.
-fn assert_gateway_json(answer: &common::procs::Answer) {
+fn assert_gateway_json(answer: &crate::procs::Answer) {
     assert_eq!(
         answer.headers["content-type"], "application/json",
         "{answer:?}"

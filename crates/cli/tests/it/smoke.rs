@@ -1,9 +1,7 @@
 //! The smallest end-to-end check: the binary starts, serves a put and a get
 //! to a third-party etcd client, and stops cleanly on SIGTERM.
 
-mod common;
-
-use common::Roster;
+use crate::roster::Roster;
 
 #[tokio::test]
 async fn put_get_and_clean_shutdown() {

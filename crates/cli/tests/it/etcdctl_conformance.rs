@@ -52,8 +52,6 @@
 //! must succeed there; a mismatch means the script, not Roster, is wrong, and
 //! stops the test at once.
 
-mod common;
-
 use std::collections::{BTreeSet, HashMap};
 use std::io::{Read, Write as _};
 use std::path::{Path, PathBuf};
@@ -61,7 +59,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Etcd, Roster};
+use crate::roster::Roster;
+use roster_testkit::Etcd;
 use serde_json::Value;
 
 /// The KV script; its syntax is described at its top.
@@ -134,7 +133,7 @@ fn conform(name: &str, script: &str) {
     let steps = parse(script).unwrap_or_else(|e| panic!("{name}: {e}"));
     let etcd = Etcd::start();
     let roster = Roster::start();
-    let mut sides = [Side::new(&etcd.endpoint), Side::new(&roster.endpoint)];
+    let mut sides = [Side::new(etcd.endpoint()), Side::new(&roster.endpoint)];
     // Background commands by name: the line that started them and the
     // command on each side.
     let mut jobs: HashMap<&str, (&Step, [Job; 2])> = HashMap::new();

@@ -9,15 +9,14 @@
 //! headers, which instance it is), so each test asserts on what arrived at
 //! the instance rather than on the gateway's intentions.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::procs::{call, empty, sample, Conn, Echo, Gateway, WAIT};
-use common::wire::{assert_echoes_raw, read_head};
-use common::Roster;
+use crate::procs::{call, empty, sample, Conn, Echo, Gateway};
+use crate::roster::Roster;
+use crate::wire::{assert_echoes_raw, read_head};
 use hyper::{Request, StatusCode};
+use roster_testkit::WAIT;
 use serde_json::Value;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;

@@ -1,15 +1,13 @@
 //! The gateway over time: reloads (by handle and by file) that keep
 //! connections, active health checks, metrics, graceful shutdown.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
+use crate::support::*;
 use http::{Request, StatusCode};
 use http_body_util::BodyExt;
 use hyper_util::rt::TokioIo;
 use roster_gateway::{Config, StaticSource};
-use support::*;
 
 /// Polls `check` every 50 ms for up to `limit`.
 async fn eventually<F, Fut>(limit: Duration, mut check: F) -> bool

@@ -4,120 +4,24 @@
 //! flips its health on request, leaves the registry before it stops on
 //! SIGTERM, and stays registered until its lease expires after SIGKILL.
 
-mod common;
-
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc as std_mpsc;
+
 use std::time::{Duration, Instant};
 
-use common::discovery::until;
-use common::wire::{assert_echoes_raw, chunk_arrivals, read_head};
-use common::Roster;
+use crate::procs::{roster, Echo};
+use crate::roster::Roster;
+use crate::wire::{assert_echoes_raw, chunk_arrivals, read_head};
 use http_body_util::{BodyExt, Empty, StreamBody};
 use hyper::body::{Bytes, Frame, Incoming};
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use roster_client::{Client, Instance, Registry};
+use roster_testkit::{until, WAIT};
 use serde_json::Value;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::timeout;
-
-/// The longest wait for something the test expects to happen.
-const WAIT: Duration = Duration::from_secs(15);
-
-/// A running `roster echo`, killed when dropped.
-struct Echo {
-    child: Child,
-    /// Where it listens.
-    addr: SocketAddr,
-}
-
-impl Echo {
-    /// Starts `roster echo` with `args` and waits for its ready line.
-    async fn start(args: &[&str]) -> Echo {
-        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-        tokio::task::spawn_blocking(move || Echo::start_blocking(&args))
-            .await
-            .expect("start echo")
-    }
-
-    fn start_blocking(args: &[String]) -> Echo {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_roster"))
-            .arg("echo")
-            .args(["--listen", "127.0.0.1:0"])
-            .args(args)
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn roster echo");
-        let stderr = child.stderr.take().expect("piped stderr");
-        let (tx, rx) = std_mpsc::channel();
-        // Keeps draining stderr after the ready line so the child never
-        // blocks on a full pipe.
-        std::thread::spawn(move || {
-            let mut tx = Some(tx);
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if std::env::var_os("ROSTER_TEST_VERBOSE").is_some() {
-                    eprintln!("[echo] {line}");
-                }
-                if line.starts_with("roster: echo ") {
-                    if let Some(t) = tx.take() {
-                        let _ = t.send(line);
-                    }
-                }
-            }
-        });
-        let line = match rx.recv_timeout(WAIT) {
-            Ok(line) => line,
-            Err(e) => {
-                let _ = child.kill();
-                panic!("roster echo not ready: {e}");
-            }
-        };
-        let addr = line
-            .rsplit("http://")
-            .next()
-            .and_then(|a| a.trim().parse().ok())
-            .unwrap_or_else(|| panic!("no address in {line:?}"));
-        Echo { child, addr }
-    }
-
-    /// Sends SIGTERM.
-    fn terminate(&self) {
-        let status = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status()
-            .expect("run kill");
-        assert!(status.success());
-    }
-
-    /// Waits, within [`WAIT`], for the process to exit.
-    async fn exited(&mut self) -> ExitStatus {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "roster echo still running");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
-
-impl Drop for Echo {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// An HTTP/1.1 connection to `addr`.
 async fn connect<B>(addr: SocketAddr) -> SendRequest<B>
@@ -193,17 +97,19 @@ const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn answers_on_keep_alive_and_registers() {
     let roster = Roster::start();
-    let echo = Echo::start(&[
-        "--service",
-        "web",
-        "--id",
-        "e1",
-        "--weight",
-        "3",
-        "--endpoints",
-        &roster.endpoint,
-    ])
-    .await;
+    let echo = Echo::run(
+        "echo",
+        &[
+            "--service",
+            "web",
+            "--id",
+            "e1",
+            "--weight",
+            "3",
+            "--endpoints",
+            &roster.endpoint,
+        ],
+    );
 
     let found = registry(&roster).discover("web").await.expect("discover");
     let instances = found.instances();
@@ -255,7 +161,7 @@ async fn answers_on_keep_alive_and_registers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streams_chunks_as_they_are_produced() {
-    let echo = Echo::start(&["--no-register"]).await;
+    let echo = Echo::run("echo", &["--no-register"]);
     let mut conn = connect(echo.addr).await;
     let req = Request::get("/stream?chunks=5&delay_ms=200&size=1000")
         .body(Empty::<Bytes>::new())
@@ -283,7 +189,7 @@ async fn streams_chunks_as_they_are_produced() {
 async fn counts_a_large_upload_as_a_stream() {
     const MIB: usize = 1 << 20;
     const CHUNKS: usize = 64;
-    let echo = Echo::start(&["--no-register"]).await;
+    let echo = Echo::run("echo", &["--no-register"]);
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(2);
     // Generated as it is sent: the test never holds the 64 MiB either.
     let producer = tokio::spawn(async move {
@@ -322,7 +228,7 @@ async fn counts_a_large_upload_as_a_stream() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upgrade_echoes_raw_bytes() {
-    let echo = Echo::start(&["--no-register"]).await;
+    let echo = Echo::run("echo", &["--no-register"]);
     let mut stream = TcpStream::connect(echo.addr).await.expect("connect");
     stream
         .write_all(b"GET /ws HTTP/1.1\r\nHost: echo.test\r\nConnection: keep-alive, Upgrade\r\nUpgrade: test-echo\r\n\r\n")
@@ -350,26 +256,34 @@ async fn upgrade_echoes_raw_bytes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_deregisters_first_then_finishes_requests_in_flight() {
     let roster = Roster::start();
-    let mut echo = Echo::start(&[
-        "--service",
-        "web",
-        "--id",
-        "e1",
-        "--endpoints",
-        &roster.endpoint,
-    ])
-    .await;
+    let mut echo = Echo::run(
+        "echo",
+        &[
+            "--service",
+            "web",
+            "--id",
+            "e1",
+            "--endpoints",
+            &roster.endpoint,
+        ],
+    );
     let found = registry(&roster).discover("web").await.expect("discover");
-    until(&found, "e1 registered", |i| has(i, "e1")).await;
+    until("e1 registered", || async {
+        (has(&found.instances(), "e1")).then_some(())
+    })
+    .await;
 
     let mut conn = connect(echo.addr).await;
     let in_flight = tokio::spawn(async move { get(&mut conn, "GET", "/sleep/1500").await });
     // Let the request reach the server before the signal.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    echo.terminate();
-    until(&found, "e1 deregistered", |i| !has(i, "e1")).await;
+    echo.proc.terminate();
+    until("e1 deregistered", || async {
+        (!has(&found.instances(), "e1")).then_some(())
+    })
+    .await;
     assert!(
-        echo.child.try_wait().expect("try_wait").is_none(),
+        echo.proc.running(),
         "exited before the request in flight was answered"
     );
     let (status, body) = timeout(WAIT, in_flight)
@@ -378,29 +292,33 @@ async fn sigterm_deregisters_first_then_finishes_requests_in_flight() {
         .expect("request task");
     assert_eq!(status, StatusCode::OK);
     assert_eq!(json(&body)["instance"], "e1");
-    let status = echo.exited().await;
+    let status = echo.proc.exited().await;
     assert!(status.success(), "{status:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_leaves_the_record_until_the_lease_expires() {
     let roster = Roster::start();
-    let mut echo = Echo::start(&[
-        "--service",
-        "web",
-        "--id",
-        "e1",
-        "--ttl",
-        "3",
-        "--endpoints",
-        &roster.endpoint,
-    ])
-    .await;
+    let mut echo = Echo::run(
+        "echo",
+        &[
+            "--service",
+            "web",
+            "--id",
+            "e1",
+            "--ttl",
+            "3",
+            "--endpoints",
+            &roster.endpoint,
+        ],
+    );
     let found = registry(&roster).discover("web").await.expect("discover");
-    until(&found, "e1 registered", |i| has(i, "e1")).await;
+    until("e1 registered", || async {
+        (has(&found.instances(), "e1")).then_some(())
+    })
+    .await;
 
-    echo.child.kill().expect("kill -9");
-    echo.child.wait().expect("reap");
+    echo.proc.kill9();
     let killed = Instant::now();
     // The lease is renewed every TTL/3, so at least 2 s of it remain.
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -408,7 +326,10 @@ async fn sigkill_leaves_the_record_until_the_lease_expires() {
         has(&found.instances(), "e1"),
         "removed right after the kill"
     );
-    until(&found, "e1 expired", |i| !has(i, "e1")).await;
+    until("e1 expired", || async {
+        (!has(&found.instances(), "e1")).then_some(())
+    })
+    .await;
     let gone = killed.elapsed();
     assert!(gone >= Duration::from_secs(1), "removed after {gone:?}");
 }
@@ -416,12 +337,11 @@ async fn sigkill_leaves_the_record_until_the_lease_expires() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registry_errors_are_reported() {
     // Nothing listens there.
-    let nowhere = format!("127.0.0.1:{}", common::free_port());
+    let nowhere = format!("127.0.0.1:{}", roster_testkit::free_port());
     let out = tokio::task::spawn_blocking(move || {
-        Command::new(env!("CARGO_BIN_EXE_roster"))
-            .args(["echo", "--service", "web", "--listen", "127.0.0.1:0"])
+        roster(&["echo", "--service", "web", "--listen", "127.0.0.1:0"])
             .args(["--endpoints", &nowhere])
-            .stdin(Stdio::null())
+            .stdin(std::process::Stdio::null())
             .output()
             .expect("run roster echo")
     })
@@ -441,22 +361,30 @@ async fn registry_errors_are_reported() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drain_delay_keeps_accepting_after_deregistering() {
     let roster = Roster::start();
-    let mut echo = Echo::start(&[
-        "--service",
-        "web",
-        "--id",
-        "e1",
-        "--drain-delay-ms",
-        "1500",
-        "--endpoints",
-        &roster.endpoint,
-    ])
-    .await;
+    let mut echo = Echo::run(
+        "echo",
+        &[
+            "--service",
+            "web",
+            "--id",
+            "e1",
+            "--drain-delay-ms",
+            "1500",
+            "--endpoints",
+            &roster.endpoint,
+        ],
+    );
     let found = registry(&roster).discover("web").await.expect("discover");
-    until(&found, "e1 registered", |i| has(i, "e1")).await;
+    until("e1 registered", || async {
+        (has(&found.instances(), "e1")).then_some(())
+    })
+    .await;
     let signalled = Instant::now();
-    echo.terminate();
-    until(&found, "e1 deregistered", |i| !has(i, "e1")).await;
+    echo.proc.terminate();
+    until("e1 deregistered", || async {
+        (!has(&found.instances(), "e1")).then_some(())
+    })
+    .await;
     // A router that has not yet seen the removal still gets an answer.
     let mut conn = connect(echo.addr).await;
     let (status, body) = get(&mut conn, "GET", "/late").await;
@@ -465,6 +393,6 @@ async fn drain_delay_keeps_accepting_after_deregistering() {
         (StatusCode::OK, &"e1".into())
     );
     drop(conn);
-    assert!(echo.exited().await.success());
+    assert!(echo.proc.exited().await.success());
     assert!(signalled.elapsed() >= Duration::from_millis(1500));
 }

@@ -33,14 +33,12 @@
 //! The run is seeded: the seed is printed, and `ROSTER_CRASH_SEED=<seed>`
 //! replays the same choices (the kill point still depends on timing).
 
-mod common;
-
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::Roster;
+use crate::roster::Roster;
 use etcd_client::{Client, GetOptions, Txn, TxnOp};
 use tokio::sync::{watch, Notify};
 

@@ -1,17 +1,15 @@
 //! The request path end to end, in-process: real hyper backends on
 //! 127.0.0.1:0 behind a gateway fed by a static instance source.
 
-mod support;
-
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use crate::support::*;
 use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::BodyExt;
 use roster_client::Instance;
 use roster_gateway::StaticSource;
-use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// An address nothing listens on.
@@ -242,7 +240,7 @@ async fn bodies_stream_both_ways_without_buffering() {
     let big = "x".repeat(4 << 20);
     let ans = send(
         Request::put(gw.url("/echo"))
-            .body(support::body(&big))
+            .body(crate::support::body(&big))
             .unwrap(),
     )
     .await;

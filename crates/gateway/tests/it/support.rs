@@ -12,11 +12,9 @@
 //! - anything else: JSON naming the backend, and the method, path and
 //!   headers it received.
 
-#![allow(dead_code)]
-
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -40,26 +38,18 @@ type BoxBody = UnsyncBoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
 pub struct Backend {
     pub name: String,
     pub addr: SocketAddr,
-    pub hits: Arc<AtomicUsize>,
     healthy: Arc<AtomicBool>,
     pub release: Arc<Notify>,
-    task: tokio::task::JoinHandle<()>,
 }
 
 impl Backend {
     pub async fn start(name: &str) -> Backend {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let hits = Arc::new(AtomicUsize::new(0));
         let healthy = Arc::new(AtomicBool::new(true));
         let release = Arc::new(Notify::new());
-        let state = (
-            name.to_string(),
-            hits.clone(),
-            healthy.clone(),
-            release.clone(),
-        );
-        let task = tokio::spawn(async move {
+        let state = (name.to_string(), healthy.clone(), release.clone());
+        tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     return;
@@ -80,10 +70,8 @@ impl Backend {
         Backend {
             name: name.to_string(),
             addr,
-            hits,
             healthy,
             release,
-            task,
         }
     }
 
@@ -95,20 +83,11 @@ impl Backend {
     pub fn set_healthy(&self, healthy: bool) {
         self.healthy.store(healthy, Ordering::SeqCst);
     }
-
-    /// Stops accepting; connections already open keep being served.
-    pub fn stop(&self) {
-        self.task.abort();
-    }
 }
 
-type State = (String, Arc<AtomicUsize>, Arc<AtomicBool>, Arc<Notify>);
+type State = (String, Arc<AtomicBool>, Arc<Notify>);
 
-async fn answer(
-    (name, hits, healthy, release): State,
-    mut req: Request<Incoming>,
-) -> Response<BoxBody> {
-    hits.fetch_add(1, Ordering::SeqCst);
+async fn answer((name, healthy, release): State, mut req: Request<Incoming>) -> Response<BoxBody> {
     let path = req.uri().path().to_string();
     let reply = |status: StatusCode, body: String| {
         let mut r = Response::new(full(body));

@@ -3,11 +3,9 @@
 //! numbers. Not a performance test: the counts are tiny and nothing is
 //! compared, so that the whole file stays within seconds.
 
-mod common;
-
 use std::process::Command;
 
-use common::Roster;
+use crate::roster::Roster;
 use serde_json::Value;
 
 /// Runs `roster bench <args> --json` and returns its report.

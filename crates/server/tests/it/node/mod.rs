@@ -1,0 +1,7 @@
+//! Roster's own machinery, tested on a node opened in the test.
+
+mod coalesce;
+mod compaction;
+mod group_commit;
+mod kv_wire;
+mod log_replay;

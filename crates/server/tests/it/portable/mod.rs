@@ -1,0 +1,9 @@
+//! The etcd v3 API as etcd answers it: every test here starts its server
+//! with [`roster_testkit::Server`] and runs unchanged against etcd.
+
+mod kv;
+mod kv_errors;
+mod lease;
+mod lock_election;
+mod watch;
+mod watch_order;
