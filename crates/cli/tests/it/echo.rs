@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 
 use crate::procs::{roster, Echo};
 use crate::roster::Roster;
-use crate::wire::{assert_echoes_raw, chunk_arrivals, read_head};
+use crate::wire::{
+    assert_echoes_raw, chunk_arrivals, produce_upload, read_head, MIB, UPLOAD_CHUNKS,
+};
 use http_body_util::{BodyExt, Empty, StreamBody};
 use hyper::body::{Bytes, Frame, Incoming};
 use hyper::client::conn::http1::{self, SendRequest};
@@ -82,17 +84,6 @@ fn registry(roster: &Roster) -> Registry {
 fn has(instances: &[Instance], id: &str) -> bool {
     instances.iter().any(|i| i.id == id)
 }
-
-/// FNV-1a 64, as `roster echo` sums request bodies.
-fn fnv1a64(mut h: u64, data: &[u8]) -> u64 {
-    for &b in data {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h
-}
-
-const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn answers_on_keep_alive_and_registers() {
@@ -187,22 +178,10 @@ async fn streams_chunks_as_they_are_produced() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn counts_a_large_upload_as_a_stream() {
-    const MIB: usize = 1 << 20;
-    const CHUNKS: usize = 64;
     let echo = Echo::run("echo", &["--no-register"]);
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(2);
     // Generated as it is sent: the test never holds the 64 MiB either.
-    let producer = tokio::spawn(async move {
-        let mut sum = FNV_OFFSET;
-        for i in 0..CHUNKS {
-            let chunk: Vec<u8> = (0..MIB).map(|j| (i * 7 + j * 13) as u8).collect();
-            sum = fnv1a64(sum, &chunk);
-            if tx.send(Ok(Frame::data(chunk.into()))).await.is_err() {
-                break;
-            }
-        }
-        sum
-    });
+    let producer = produce_upload(tx);
     let body = StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx));
     let mut conn = connect(echo.addr).await;
     let req = Request::post("/upload").body(body).expect("request");
@@ -222,7 +201,7 @@ async fn counts_a_large_upload_as_a_stream() {
     let sum = producer.await.expect("producer");
     let answer = json(&body);
     assert_eq!(answer["method"], "POST");
-    assert_eq!(answer["bytes"], (CHUNKS * MIB) as u64);
+    assert_eq!(answer["bytes"], (UPLOAD_CHUNKS * MIB) as u64);
     assert_eq!(answer["fnv1a64"], format!("{sum:016x}"));
 }
 

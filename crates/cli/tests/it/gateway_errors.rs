@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use crate::procs::{call, empty, full, get, Body, Conn, Echo, Gateway};
 use crate::roster::Roster;
-use crate::wire::chunk_arrivals;
+use crate::wire::{chunk_arrivals, produce_upload, MIB, UPLOAD_CHUNKS};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Bytes, Frame};
 use hyper::{Request, StatusCode};
@@ -260,19 +260,8 @@ async fn a_slow_instance_is_a_504_and_its_own_5xx_passes_through() {
     assert_eq!(answer.json()["path"], "/status/503");
 }
 
-/// FNV-1a 64, as `roster echo` sums request bodies.
-fn fnv1a64(mut h: u64, data: &[u8]) -> u64 {
-    for &b in data {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_large_request_body_streams_through() {
-    const MIB: usize = 1 << 20;
-    const CHUNKS: usize = 64;
     let roster = Roster::start();
     let _echo = Echo::start(&roster.endpoint, "web", "w1").await;
     let gw = Gateway::start(&roster.endpoint, &["--route", "/=web"]).await;
@@ -282,17 +271,7 @@ async fn a_large_request_body_streams_through() {
 
     // Generated as it is sent: the test never holds the 64 MiB either.
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(2);
-    let producer = tokio::spawn(async move {
-        let mut sum = 0xcbf2_9ce4_8422_2325;
-        for i in 0..CHUNKS {
-            let chunk: Vec<u8> = (0..MIB).map(|j| (i * 7 + j * 13) as u8).collect();
-            sum = fnv1a64(sum, &chunk);
-            if tx.send(Ok(Frame::data(chunk.into()))).await.is_err() {
-                break;
-            }
-        }
-        sum
-    });
+    let producer = produce_upload(tx);
     let body: Body = StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx)).boxed();
     let mut conn = Conn::open(gw.addr).await;
     let started = Instant::now();
@@ -312,9 +291,9 @@ async fn a_large_request_body_streams_through() {
     let sum = producer.await.expect("producer");
     assert_eq!(status, StatusCode::OK);
     let answer: serde_json::Value = serde_json::from_slice(&body).expect("json");
-    assert_eq!(answer["bytes"], (CHUNKS * MIB) as u64);
+    assert_eq!(answer["bytes"], (UPLOAD_CHUNKS * MIB) as u64);
     assert_eq!(answer["fnv1a64"], format!("{sum:016x}"));
-    println!("{CHUNKS} MiB through the gateway in {took:?}");
+    println!("{UPLOAD_CHUNKS} MiB through the gateway in {took:?}");
 
     // Had the gateway held the body, its peak memory would have grown by
     // 64 MiB; a streaming proxy holds a few buffers per connection.

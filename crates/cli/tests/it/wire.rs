@@ -7,9 +7,11 @@
 use std::time::{Duration, Instant};
 
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
+use hyper::body::{Bytes, Frame, Incoming};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 use tokio::time::timeout;
 
 /// The longest wait for any one read.
@@ -72,4 +74,30 @@ pub async fn chunk_arrivals(mut body: Incoming, since: Instant) -> (Vec<(u8, Dur
         }
     }
     (seen, total)
+}
+
+/// One MiB.
+pub const MIB: usize = 1 << 20;
+/// How many one-MiB chunks [`produce_upload`] sends.
+pub const UPLOAD_CHUNKS: usize = 64;
+
+/// Sends a large request body into `tx`: [`UPLOAD_CHUNKS`] chunks of one
+/// MiB of a fixed pattern, each made as it is sent, so the test never holds
+/// the whole body either. Returns the FNV-1a 64 sum of what was sent, which
+/// is how `roster echo` sums a body.
+pub fn produce_upload(tx: mpsc::Sender<Result<Frame<Bytes>, std::io::Error>>) -> JoinHandle<u64> {
+    tokio::spawn(async move {
+        let mut sum = 0xcbf2_9ce4_8422_2325_u64;
+        for i in 0..UPLOAD_CHUNKS {
+            let chunk: Vec<u8> = (0..MIB).map(|j| (i * 7 + j * 13) as u8).collect();
+            for &b in &chunk {
+                sum ^= u64::from(b);
+                sum = sum.wrapping_mul(0x0000_0100_0000_01b3);
+            }
+            if tx.send(Ok(Frame::data(chunk.into()))).await.is_err() {
+                break;
+            }
+        }
+        sum
+    })
 }

@@ -11,14 +11,15 @@
 //! tests against the real etcd too.
 //!
 //! Timing: every wait for an event (a lock granted, a campaign won, an
-//! observed change) is bounded by [`roster_testkit::WAIT`], and every unary call by the
-//! client's own timeout (the same). Sleeps only let a TTL run out,
-//! pace keepalives or contention, or give a call that must stay blocked
-//! the time to show it does; each says which.
+//! observed change) is bounded by [`roster_testkit::WAIT`], and every unary
+//! call by the client's own timeout (the same). A TTL runs out by moving the
+//! server's paused clock ([`Server::pass`]; against etcd, a sleep). Real
+//! sleeps only pace keepalives or contention, or give a call that must stay
+//! blocked the time to show it does; each says which.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use etcd_client::{Client, LeaderKey, LockOptions, ObserveStream, ProclaimOptions, ResignOptions};
 use roster_testkit::etcd_api::{connect, grpc, keep_alive_in_background};
@@ -201,9 +202,8 @@ async fn two_contenders_never_hold_the_lock_together() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_lock_whose_lease_expires_passes_to_the_next_waiter() {
-    let server = Server::start();
+    let server = Server::start_paused();
     let mut c = connect(server.endpoint()).await;
-    let start = Instant::now();
     // Nobody keeps `la` alive.
     let la = grant(&mut c, 2).await;
     let lb = grant(&mut c, 30).await;
@@ -211,13 +211,10 @@ async fn a_lock_whose_lease_expires_passes_to_the_next_waiter() {
     let a = c.lock_client().lock("exp", Some(opts)).await.unwrap();
 
     let b = lock_in_background(&c, "exp", lb);
+    assert_blocked("the lock while its holder's lease lives", &b).await;
+    server.pass(Duration::from_millis(2_500)).await;
     let b_key = joined("the lock after the holder's lease expired", b).await;
-    let elapsed = start.elapsed();
     assert_eq!(b_key, owner_key("exp", lb));
-    assert!(
-        elapsed >= Duration::from_millis(1_500),
-        "the lock passed after only {elapsed:?}"
-    );
     assert!(!exists(&mut c, a.key()).await);
     let ttl = c.lease_time_to_live(la, None).await.unwrap();
     assert_eq!(ttl.ttl(), -1, "the holder's lease expired");
@@ -369,9 +366,8 @@ async fn observe_proclaim_and_resign_hand_over_to_the_waiting_campaigner() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn leadership_passes_when_the_leaders_lease_expires() {
-    let server = Server::start();
+    let server = Server::start_paused();
     let mut c = connect(server.endpoint()).await;
-    let start = Instant::now();
     // Nobody keeps `la` alive; `lb` is kept alive throughout.
     let la = grant(&mut c, 2).await;
     let lb = grant(&mut c, 3).await;
@@ -380,12 +376,10 @@ async fn leadership_passes_when_the_leaders_lease_expires() {
     let a = c.election_client().campaign("vote", "a", la).await.unwrap();
     let a = a.leader().expect("leader key").clone();
     let b = campaign_in_background(&c, "vote", "b", lb);
+    assert_blocked("the campaign while the leader's lease lives", &b).await;
+    // Past `la`'s deadline, short of `lb`'s.
+    server.pass(Duration::from_millis(2_500)).await;
     let b = joined("leadership after the leader's lease expired", b).await;
-    let elapsed = start.elapsed();
-    assert!(
-        elapsed >= Duration::from_millis(1_500),
-        "leadership passed after only {elapsed:?}"
-    );
     assert_eq!(b.key(), owner_key("vote", lb));
     assert!(!exists(&mut c, a.key()).await);
     assert_eq!(leader(&mut c, "vote").await, (b.key().to_vec(), "b".into()));
