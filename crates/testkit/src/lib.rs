@@ -33,7 +33,7 @@ mod server;
 pub mod wait;
 
 pub use etcd::{etcd_binary, free_port, Etcd};
-pub use node::TestNode;
+pub use node::{Builder, TestNode};
 pub use process::Proc;
 pub use server::{against_etcd, Server, Setting, AGAINST_ETCD};
 pub use wait::{joined, until, within, WAIT};

@@ -174,7 +174,7 @@ impl Proc {
         }
     }
 
-    /// The lines kept so far (the last [`LOG_LINES`]).
+    /// The lines kept so far (the last 200).
     pub fn log(&self) -> Vec<String> {
         let lines = self.log.lock().unwrap_or_else(|e| e.into_inner());
         lines.iter().cloned().collect()
