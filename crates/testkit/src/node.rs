@@ -2,8 +2,9 @@
 //!
 //! A [`TestNode`] opens a [`Node`] on a data directory and serves it with
 //! [`roster_server::serve`] on `127.0.0.1:0`, exactly as `roster serve`
-//! does, minus the process. Each node gets a thread and a current-thread
-//! tokio runtime of its own:
+//! does, minus the process. Each node gets a thread and a tokio runtime of
+//! its own (two workers, as `roster serve` has on a two-core machine; one
+//! thread when its clock is paused, which tokio requires):
 //!
 //! - it keeps working while the test's runtime is blocked or paused, and
 //!   several nodes run side by side, as a cluster's members will;
@@ -245,11 +246,20 @@ fn run(
     ready: Ready,
     mut commands: mpsc::UnboundedReceiver<Control>,
 ) {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .start_paused(paused)
-        .build()
-        .expect("node runtime");
+    // A paused clock needs a current-thread runtime; otherwise the node
+    // gets two workers, as `roster serve` has on this machine's two cores.
+    let runtime = if paused {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .start_paused(true)
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+    }
+    .expect("node runtime");
     let opened = runtime.block_on(async {
         let listener = TcpListener::bind(addr)
             .await
