@@ -5,7 +5,7 @@
 //!   answers of one commit leave a connection in one write.
 //! - [`service`]: one thin gRPC service per etcd service — validate
 //!   ([`validate`]), call the node, map errors once ([`error`]), fill headers.
-//!   The KV endpoint reads and answers its unary calls itself ([`unary`]).
+//!   The KV endpoint reads and answers its unary calls itself (`unary`).
 //! - [`node`]: the store, the node identity, and the consensus in front of
 //!   the store.
 //! - [`consensus`]: the seam where writes are ordered. [`standalone`] is the
@@ -25,7 +25,7 @@ pub mod node;
 pub mod serve;
 pub mod service;
 pub mod standalone;
-pub mod unary;
+mod unary;
 pub mod validate;
 pub mod watch;
 

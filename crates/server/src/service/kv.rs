@@ -158,7 +158,7 @@ impl Kv for KvService {
 }
 
 /// The KV service's gRPC endpoint, written out by hand (see
-/// [`crate::unary`]): what tonic's generated `KvServer` would be, without
+/// `crate::unary`): what tonic's generated `KvServer` would be, without
 /// its streaming codec (measured: `docs/decisions.md`, entry 26).
 #[derive(Clone)]
 pub struct KvServer {
