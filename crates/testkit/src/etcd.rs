@@ -20,7 +20,7 @@ pub fn free_port() -> u16 {
 }
 
 /// Path of the etcd server binary (Debian's `etcd-server` package).
-pub fn etcd_binary() -> PathBuf {
+fn etcd_binary() -> PathBuf {
     for p in ["/usr/bin/etcd", "/usr/local/bin/etcd"] {
         if Path::new(p).exists() {
             return PathBuf::from(p);

@@ -38,6 +38,12 @@ pub fn code(err: etcd_client::Error) -> (String, String) {
     grpc::<()>(Err(err))
 }
 
+/// The store's current revision, from a read's response header.
+pub async fn revision(c: &mut Client) -> i64 {
+    let r = c.get("\0", None).await.expect("get");
+    r.header().expect("header").revision()
+}
+
 /// Grants a lease with a server-chosen id and returns the id.
 pub async fn grant(c: &mut Client, ttl: i64) -> i64 {
     let r = c.lease_grant(ttl, None).await.expect("grant");

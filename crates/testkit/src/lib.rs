@@ -32,8 +32,8 @@ mod process;
 mod server;
 pub mod wait;
 
-pub use etcd::{etcd_binary, free_port, Etcd};
+pub use etcd::{free_port, Etcd};
 pub use node::{Builder, TestNode};
 pub use process::Proc;
-pub use server::{against_etcd, Server, Setting, AGAINST_ETCD};
+pub use server::{Server, Setting};
 pub use wait::{joined, until, within, WAIT};

@@ -28,8 +28,6 @@
 //! seconds.
 
 use std::net::SocketAddr;
-use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 use roster_server::{Config, Node, Stopped};
@@ -46,7 +44,6 @@ enum Control {
 
 /// A node's thread while it serves.
 struct Running {
-    node: Arc<Node>,
     control: mpsc::UnboundedSender<Control>,
     thread: std::thread::JoinHandle<()>,
 }
@@ -132,16 +129,6 @@ impl TestNode {
         self.addr
     }
 
-    /// The node's data directory.
-    pub fn data_dir(&self) -> &Path {
-        &self.config.data_dir
-    }
-
-    /// The node itself, for tests that look inside it.
-    pub fn node(&self) -> Arc<Node> {
-        self.running().node.clone()
-    }
-
     fn running(&self) -> &Running {
         self.running.as_ref().expect("the node is stopped")
     }
@@ -178,19 +165,11 @@ impl TestNode {
         stopped
     }
 
-    /// Kills the node and starts it again on the same data and port.
+    /// Starts the node again on the same data and port, killing it first
+    /// if it still runs: a crashed registry coming back, or one stopped by
+    /// [`TestNode::terminate`] started again.
     pub fn restart(&mut self) {
         self.kill();
-        let (_, running) = launch(self.config.clone(), self.addr, self.paused);
-        self.running = Some(running);
-    }
-
-    /// Starts a node again after [`TestNode::kill`] or
-    /// [`TestNode::terminate`], with its configuration changed by
-    /// `configure`, on the same data and port.
-    pub fn start_again(&mut self, configure: impl FnOnce(&mut Config)) {
-        self.kill();
-        configure(&mut self.config);
         let (_, running) = launch(self.config.clone(), self.addr, self.paused);
         self.running = Some(running);
     }
@@ -217,14 +196,7 @@ fn launch(config: Config, addr: SocketAddr, paused: bool) -> (SocketAddr, Runnin
         .spawn(move || run(config, addr, paused, ready_tx, commands))
         .expect("spawn the node's thread");
     match ready_rx.recv() {
-        Ok(Ok((addr, node))) => (
-            addr,
-            Running {
-                node,
-                control,
-                thread,
-            },
-        ),
+        Ok(Ok(addr)) => (addr, Running { control, thread }),
         Ok(Err(why)) => {
             let _ = thread.join();
             panic!("test node did not start: {why}");
@@ -236,7 +208,7 @@ fn launch(config: Config, addr: SocketAddr, paused: bool) -> (SocketAddr, Runnin
     }
 }
 
-type Ready = std::sync::mpsc::Sender<Result<(SocketAddr, Arc<Node>), String>>;
+type Ready = std::sync::mpsc::Sender<Result<SocketAddr, String>>;
 
 /// The node's thread: open, serve, obey the test, stop.
 fn run(
@@ -290,7 +262,7 @@ fn run(
         let serving = tokio::spawn(roster_server::serve(node.clone(), vec![listener], async {
             let _ = stopped.await;
         }));
-        let _ = ready.send(Ok((local, node.clone())));
+        let _ = ready.send(Ok(local));
         while let Some(command) = commands.recv().await {
             match command {
                 Control::Advance(d, done) => {

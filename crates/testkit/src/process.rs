@@ -161,19 +161,6 @@ impl Proc {
         }
     }
 
-    /// Blocks until the process exits, at most [`WAIT`]; for tests without
-    /// a runtime.
-    pub fn wait_exit(&mut self) -> ExitStatus {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "{} still running", self.name);
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
     /// The lines kept so far (the last 200).
     pub fn log(&self) -> Vec<String> {
         let lines = self.log.lock().unwrap_or_else(|e| e.into_inner());

@@ -11,12 +11,10 @@ use std::time::Duration;
 use crate::etcd::Etcd;
 use crate::node::TestNode;
 
-/// The variable that points [`Server`] at the real etcd.
-pub const AGAINST_ETCD: &str = "ROSTER_TEST_AGAINST_ETCD";
-
-/// True when [`AGAINST_ETCD`] is set and not empty.
-pub fn against_etcd() -> bool {
-    std::env::var_os(AGAINST_ETCD).is_some_and(|v| !v.is_empty())
+/// True when `ROSTER_TEST_AGAINST_ETCD` is set and not empty: then
+/// [`Server::start`] starts the real etcd.
+fn against_etcd() -> bool {
+    std::env::var_os("ROSTER_TEST_AGAINST_ETCD").is_some_and(|v| !v.is_empty())
 }
 
 /// A setting both servers take: as a [`roster_server::Config`] field for
@@ -104,11 +102,6 @@ impl Server {
     /// `http://127.0.0.1:PORT`.
     pub fn url(&self) -> String {
         format!("http://{}", self.endpoint())
-    }
-
-    /// Whether this is the real etcd.
-    pub fn is_etcd(&self) -> bool {
-        matches!(self, Server::Etcd(_))
     }
 
     /// Kills the server; [`Server::restart`] brings it back.

@@ -715,7 +715,10 @@ async fn acknowledged_writes_survive_kill_9() {
                 model.settled_lost,
                 started.elapsed()
             );
-            assert!(server.terminate().success(), "clean shutdown at the end");
+            assert!(
+                server.terminate().await.success(),
+                "clean shutdown at the end"
+            );
             break;
         }
 

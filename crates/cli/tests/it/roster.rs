@@ -75,8 +75,8 @@ impl Roster {
     }
 
     /// Stops the server with SIGTERM and returns its exit status.
-    pub fn terminate(&mut self) -> ExitStatus {
+    pub async fn terminate(&mut self) -> ExitStatus {
         self.proc.terminate();
-        self.proc.wait_exit()
+        self.proc.exited().await
     }
 }

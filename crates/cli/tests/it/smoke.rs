@@ -13,5 +13,5 @@ async fn put_get_and_clean_shutdown() {
     assert_eq!(put.header().unwrap().revision(), 2);
     let got = client.get("hello", None).await.unwrap();
     assert_eq!(got.kvs()[0].value(), b"world");
-    assert!(server.terminate().success());
+    assert!(server.terminate().await.success());
 }

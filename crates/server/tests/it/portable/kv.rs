@@ -15,13 +15,7 @@ use etcd_client::{
     Client, CompactionOptions, Compare, CompareOp, DeleteOptions, GetOptions, KeyValue, PutOptions,
     ResponseHeader, SortOrder, SortTarget, Txn, TxnOp, TxnOpResponse,
 };
-use roster_testkit::etcd_api::{code, connect};
-
-/// The store's current revision, from a read's response header.
-async fn revision(client: &mut Client) -> i64 {
-    let resp = client.get("\0", None).await.expect("get");
-    resp.header().expect("header").revision()
-}
+use roster_testkit::etcd_api::{code, connect, revision};
 
 /// Puts each pair in order, one revision each.
 async fn put_all(client: &mut Client, pairs: &[(&str, &str)]) {
@@ -1154,7 +1148,7 @@ async fn data_and_revision_survive_a_restart() {
         // Roster's own promise: a graceful stop ends cleanly.
         Server::Roster(node) => {
             assert_eq!(node.terminate(), Stopped::Requested);
-            node.start_again(|_| {});
+            node.restart();
         }
         Server::Etcd(etcd) => etcd.restart(),
     }

@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use etcd_client::{Client, LeaderKey, LockOptions, ObserveStream, ProclaimOptions, ResignOptions};
-use roster_testkit::etcd_api::{connect, grpc, keep_alive_in_background};
+use roster_testkit::etcd_api::{connect, grant, grpc, keep_alive_in_background};
 use roster_testkit::{joined, within, Server};
 use tokio::task::JoinHandle;
 use tokio::time::{sleep, timeout};
@@ -39,11 +39,6 @@ async fn assert_blocked<T>(what: &str, task: &JoinHandle<T>) {
     // A negative cannot be awaited: give the call time to (wrongly) return.
     sleep(STILL_BLOCKED).await;
     assert!(!task.is_finished(), "{what} returned while it should wait");
-}
-
-/// Grants a lease with a server-chosen id.
-async fn grant(c: &mut Client, ttl: i64) -> i64 {
-    c.lease_grant(ttl, None).await.expect("grant").id()
 }
 
 /// Whether `key` exists.

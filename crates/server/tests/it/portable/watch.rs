@@ -22,7 +22,7 @@ use etcd_client::{
     Client, DeleteOptions, Event, EventType, PutOptions, Txn, TxnOp, WatchFilterType, WatchOptions,
     WatchResponse, WatchStream,
 };
-use roster_testkit::etcd_api::connect;
+use roster_testkit::etcd_api::{connect, revision};
 use roster_testkit::{Server, Setting, WAIT};
 use tokio::time::timeout;
 
@@ -171,12 +171,6 @@ fn is_fragment(r: &WatchResponse) -> bool {
         .nth(1)
         .expect("a WatchResponse's Debug text names its fragment flag");
     flag.starts_with("true")
-}
-
-/// The store's current revision.
-async fn revision(c: &mut Client) -> i64 {
-    let r = c.get("\0", None).await.expect("get");
-    r.header().expect("header").revision()
 }
 
 #[tokio::test]

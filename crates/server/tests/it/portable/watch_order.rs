@@ -34,7 +34,7 @@ use etcd_client::{
     Client, DeleteOptions, Event, EventType, GetOptions, Txn, TxnOp, TxnOpResponse,
     WatchFilterType, WatchOptions, WatchRequestSender, WatchResponse, WatchResponseStream,
 };
-use roster_testkit::etcd_api::connect;
+use roster_testkit::etcd_api::{connect, revision};
 use roster_testkit::Server;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -575,12 +575,6 @@ fn in_revision_order(mut writes: Vec<Write>) -> Vec<Write> {
         );
     }
     writes
-}
-
-/// The store's current revision.
-async fn revision(c: &mut Client) -> i64 {
-    let r = c.get("\0", None).await.expect("get");
-    r.header().expect("header").revision()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
