@@ -36,23 +36,33 @@ impl Error {
     pub fn is_transport(&self) -> bool {
         match self {
             Error::Timeout => true,
-            Error::Status(s) => match s.code() {
-                tonic::Code::Unavailable | tonic::Code::Cancelled => true,
-                // tonic reports a connection broken under a request as
-                // Unknown, with the transport error as its source.
-                tonic::Code::Unknown => {
-                    let mut source = std::error::Error::source(s);
-                    while let Some(e) = source {
-                        if e.is::<tonic::transport::Error>() {
-                            return true;
-                        }
-                        source = e.source();
-                    }
-                    false
-                }
-                _ => false,
-            },
+            Error::Status(s) => is_transport_status(s),
             _ => false,
         }
+    }
+}
+
+/// Whether a gRPC call failed for want of a working connection rather than
+/// by the server's decision: the test for retrying an idempotent call, on
+/// the registry or on a [`balanced_channel`](crate::balanced_channel).
+///
+/// That is `Unavailable` (refused, reset), `Cancelled` (tonic's word for a
+/// request queued on a connection that closed before it was written, which
+/// is what a call to a `kill -9`ed instance may get), and `Unknown` with a
+/// transport error as its source (a connection broken under a request).
+pub fn is_transport_status(s: &tonic::Status) -> bool {
+    match s.code() {
+        tonic::Code::Unavailable | tonic::Code::Cancelled => true,
+        tonic::Code::Unknown => {
+            let mut source = std::error::Error::source(s);
+            while let Some(e) = source {
+                if e.is::<tonic::transport::Error>() {
+                    return true;
+                }
+                source = e.source();
+            }
+            false
+        }
+        _ => false,
     }
 }

@@ -60,7 +60,7 @@ pub use self::tower::{balanced_channel, balanced_channel_with, InstanceDiscover}
 pub use client::{Backoff, Client, Options};
 pub use discover::{Change, Discovery};
 pub use election::{Leadership, Observer};
-pub use error::{Error, Result};
+pub use error::{is_transport_status, Error, Result};
 pub use instance::Instance;
 pub use lease::KeptLease;
 pub use lock::LockGuard;

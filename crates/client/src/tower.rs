@@ -26,9 +26,11 @@
 //!
 //! Caveat: tonic connects to each endpoint lazily and never evicts one
 //! whose connection fails, so a process killed without deregistering gets
-//! calls — which fail fast with `Unavailable` — until its lease expires and
-//! discovery removes it. Callers should retry `Unavailable` on idempotent
-//! calls; the lease TTL bounds how long that lasts.
+//! calls — which fail fast with `Unavailable`, or `Cancelled` when one was
+//! queued on the connection as it broke — until its lease expires and
+//! discovery removes it. Callers should retry idempotent calls that fail so
+//! ([`is_transport_status`](crate::is_transport_status)); the lease TTL
+//! bounds how long that lasts.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::convert::Infallible;

@@ -11,13 +11,15 @@
 //! [`Greeter`] guard kills its process when dropped.
 //!
 //! The client calls through [`balanced_channel`] at a steady pace. A call
-//! that fails with `Unavailable` is retried, up to [`MAX_ATTEMPTS`] attempts
-//! per logical call. tonic keeps a killed server in its balancer until the
+//! that fails for want of a connection ([`is_transport_status`]: mostly
+//! `Unavailable`, and `Cancelled` for a call queued on the connection as the
+//! kill broke it) is retried, up to [`MAX_ATTEMPTS`] attempts per logical
+//! call. tonic keeps a killed server in its balancer until the
 //! lease expires and discovery removes it (about the TTL), and calls sent
 //! there fail fast; after such a failure the connection goes back to
 //! reconnecting, during which the balancer picks another instance, so a
 //! retry lands on a live one. The test asserts that every logical call
-//! succeeded; that attempts failed only with `Unavailable`, only between
+//! succeeded; that attempts failed only on the transport, only between
 //! the kill and the removal, and fewer times than half the calls made in
 //! that window; and where traffic went: to every instance, to the one that
 //! joined, and not to the ones that left.
@@ -31,7 +33,7 @@ use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::Duration;
 
-use roster_client::{balanced_channel, Client, Discovery, Registry};
+use roster_client::{balanced_channel, is_transport_status, Client, Discovery, Registry};
 use roster_greeter::{GreeterClient, HelloRequest};
 use roster_testkit::{Etcd, Proc, Server, TestNode, WAIT};
 use tokio::sync::watch;
@@ -211,8 +213,9 @@ struct Traffic {
     calls: u64,
     /// Successful answers by instance id.
     answers: BTreeMap<String, u64>,
-    /// Every failed attempt: when, and its status.
-    failures: Vec<(Instant, Code, String)>,
+    /// Every failed attempt: when, whether it failed on the transport, and
+    /// its status.
+    failures: Vec<(Instant, bool, Code, String)>,
     /// The most attempts one logical call needed.
     max_attempts: u32,
     /// Logical calls that did not succeed, with why.
@@ -226,7 +229,7 @@ impl Traffic {
 }
 
 /// Calls SayHello every [`PACE`] through `channel` until aborted, retrying
-/// `Unavailable` up to [`MAX_ATTEMPTS`] attempts per call.
+/// transport failures up to [`MAX_ATTEMPTS`] attempts per call.
 async fn call_forever(channel: Channel, traffic: watch::Sender<Traffic>) {
     let mut client = GreeterClient::new(channel);
     let mut pace = tokio::time::interval(PACE);
@@ -245,10 +248,15 @@ async fn call_forever(channel: Channel, traffic: watch::Sender<Traffic>) {
                 Err(_) => tonic::Status::deadline_exceeded("the attempt timed out"),
             };
             traffic.send_modify(|t| {
-                let failure = (Instant::now(), status.code(), status.message().to_string());
+                let failure = (
+                    Instant::now(),
+                    is_transport_status(&status),
+                    status.code(),
+                    status.message().to_string(),
+                );
                 t.failures.push(failure);
             });
-            if status.code() != Code::Unavailable || attempts == MAX_ATTEMPTS {
+            if !is_transport_status(&status) || attempts == MAX_ATTEMPTS {
                 break Err(format!("after {attempts} attempts: {status:?}"));
             }
         };
@@ -342,11 +350,11 @@ async fn churn(server: Server) {
     let stray: Vec<_> = t
         .failures
         .iter()
-        .filter(|(at, code, _)| *at < killed_at || *at > settled_at || *code != Code::Unavailable)
+        .filter(|(at, transport, ..)| *at < killed_at || *at > settled_at || !transport)
         .collect();
     assert!(
         stray.is_empty(),
-        "attempts may fail only with Unavailable, between the kill and the removal: {stray:?}"
+        "attempts may fail only on the transport, between the kill and the removal: {stray:?}"
     );
     let failed = t.failures.len() as u64;
     // One instance in three is dead, so about a third of the calls in the
@@ -357,7 +365,7 @@ async fn churn(server: Server) {
         "{failed} failed attempts for {window_calls} calls made while c was dead"
     );
     eprintln!(
-        "{} logical calls, all answered {:?}; {failed} failed attempts, all Unavailable, among \
+        "{} logical calls, all answered {:?}; {failed} failed attempts, all on the transport, among \
          the {window_calls} calls in the {removed_after:?} between kill -9 and removal; at most \
          {} attempts for one call",
         t.calls, t.answers, t.max_attempts
