@@ -1,22 +1,27 @@
-//! The consensus seam: how a write gets ordered before the store applies it.
+//! The consensus seam: how a write gets ordered before it takes effect.
 //!
 //! Every mutation is a [`Command`] handed to [`Consensus::propose`]. An
-//! implementation orders commands in a log and feeds them, in order, to the
-//! store's deterministic `apply_batch`; the proposer gets the command's
-//! outcome once it is durable. Today there is one implementation,
+//! implementation orders commands in its log, makes them durable, and
+//! hands the committed ones, in order, to the node's
+//! [`StateMachine`](crate::state::StateMachine); the proposer gets back the
+//! [`Outcome`] the state machine produced. The consensus knows nothing of
+//! what a command means, and recovering its own log at start is its own
+//! business. Today there is one implementation,
 //! [`Standalone`](crate::standalone::Standalone), for a single node; a Raft
-//! implementation will order the same commands across nodes and apply them
-//! with the same store code, so nothing above this trait changes.
+//! implementation will order the same commands across members and apply
+//! them through the same state machine, so nothing above this trait
+//! changes.
 
 use std::future::Future;
 use std::pin::Pin;
 
-use roster_store::{Applied, Command};
+use roster_store::Command;
 
 use crate::error::ServerError;
+use crate::state::Outcome;
 
 /// A boxed future, so the trait stays object-safe.
-pub type ProposeFuture = Pin<Box<dyn Future<Output = Result<Applied, ServerError>> + Send>>;
+pub type ProposeFuture = Pin<Box<dyn Future<Output = Result<Outcome, ServerError>> + Send>>;
 
 /// A point-in-time picture of the consensus state, for headers and Status.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -31,10 +36,19 @@ pub struct ConsensusStatus {
     pub applied_index: u64,
 }
 
-/// Orders write commands and applies them.
+/// Orders write commands and has them applied.
 pub trait Consensus: Send + Sync + 'static {
-    /// Proposes a command; resolves once it is applied and durable.
+    /// Proposes a command; resolves once it is durable and applied.
     fn propose(&self, cmd: Command) -> ProposeFuture;
     /// The current consensus state.
     fn status(&self) -> ConsensusStatus;
+    /// Whether this member leads, and so decides what time decides (lease
+    /// expiry).
+    fn is_leader(&self) -> bool;
+    /// Durable appends to the log so far (one `fdatasync` each): with group
+    /// commit, fewer than the writes.
+    fn durable_commits(&self) -> u64;
+    /// Stops accepting proposals, finishes what was accepted and leaves the
+    /// state durable. Blocks; call it from a thread that may.
+    fn stop(&self);
 }

@@ -35,11 +35,11 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use roster_proto::etcdserverpb::{LeaseCheckpoint, LeaseCheckpointRequest, LeaseRevokeRequest};
-use roster_store::{CommandKind, StoreError};
+use roster_store::{Command, CommandKind, StoreError};
 use tokio::time::Instant;
 
+use crate::consensus::Consensus;
 use crate::error::ServerError;
-use crate::node::Node;
 
 /// The shortest TTL granted, in seconds; shorter requests are raised to it.
 /// etcd derives the same 2 s from its default election timeout.
@@ -58,6 +58,9 @@ pub const EXPIRY_TICK: Duration = Duration::from_millis(100);
 
 struct Entry {
     ttl: i64,
+    /// The last checkpointed remaining TTL, -1 if none: where the clock
+    /// starts again after a restart.
+    remaining: i64,
     deadline: Instant,
 }
 
@@ -69,8 +72,16 @@ struct Inner {
 }
 
 /// Lease deadlines.
+///
+/// Its table follows applied commands (see `crate::state`): grants,
+/// revokes and checkpoints reach it from the thread that applies them,
+/// which may be outside the node's runtime. Deadlines are read on the
+/// runtime's clock all the same (`Lessor::now`), so that a test pausing
+/// that clock pauses lease time too.
 pub struct Lessor {
     inner: Mutex<Inner>,
+    /// The runtime the node was opened in, whose clock deadlines follow.
+    clock: Option<tokio::runtime::Handle>,
 }
 
 fn secs(s: i64) -> Duration {
@@ -78,28 +89,69 @@ fn secs(s: i64) -> Duration {
 }
 
 impl Lessor {
-    /// Restores deadlines for the leases in the store, by the rule above:
-    /// `(id, granted ttl, checkpointed remaining or -1)`.
+    /// A lessor for the leases in the store, by the rule above:
+    /// `(id, granted ttl, checkpointed remaining or -1)`. Their clocks
+    /// start now, and again at [`Lessor::start_clocks`].
     pub fn recover(leases: &[(i64, i64, i64)]) -> Lessor {
-        let now = Instant::now();
-        let mut inner = Inner::default();
-        for &(id, ttl, remaining) in leases {
-            let left = if remaining > 0 {
-                remaining.min(ttl)
-            } else {
-                ttl
-            };
-            let deadline = now + secs(left);
-            inner.leases.insert(id, Entry { ttl, deadline });
-            inner.queue.insert((deadline, id));
+        let lessor = Lessor {
+            inner: Mutex::new(Inner::default()),
+            clock: tokio::runtime::Handle::try_current().ok(),
+        };
+        {
+            let mut inner = lessor.inner.lock();
+            for &(id, ttl, remaining) in leases {
+                inner.leases.insert(
+                    id,
+                    Entry {
+                        ttl,
+                        remaining,
+                        deadline: Instant::now(),
+                    },
+                );
+            }
         }
-        Lessor {
-            inner: Mutex::new(inner),
+        lessor.start_clocks();
+        lessor
+    }
+
+    /// Now, on the clock of the node's runtime.
+    fn now(&self) -> Instant {
+        match &self.clock {
+            Some(h) => {
+                let _in = h.enter();
+                Instant::now()
+            }
+            None => Instant::now(),
+        }
+    }
+
+    /// Sets every deadline to now plus the lease's checkpointed remaining
+    /// TTL, or its full TTL if it was never checkpointed: what a node does
+    /// once it has replayed its log at start.
+    pub fn start_clocks(&self) {
+        let now = self.now();
+        let mut inner = self.inner.lock();
+        let inner = &mut *inner;
+        inner.queue.clear();
+        for (&id, e) in inner.leases.iter_mut() {
+            let left = if e.remaining > 0 {
+                e.remaining.min(e.ttl)
+            } else {
+                e.ttl
+            };
+            e.deadline = now + secs(left);
+            inner.queue.insert((e.deadline, id));
         }
     }
 
     fn set(inner: &mut Inner, id: i64, ttl: i64, deadline: Instant) {
-        if let Some(old) = inner.leases.insert(id, Entry { ttl, deadline }) {
+        let remaining = inner.leases.get(&id).map_or(-1, |e| e.remaining);
+        let entry = Entry {
+            ttl,
+            remaining,
+            deadline,
+        };
+        if let Some(old) = inner.leases.insert(id, entry) {
             inner.queue.remove(&(old.deadline, id));
         }
         inner.queue.insert((deadline, id));
@@ -107,7 +159,13 @@ impl Lessor {
 
     /// A lease was granted: its clock starts now.
     pub fn granted(&self, id: i64, ttl: i64) {
-        Self::set(&mut self.inner.lock(), id, ttl, Instant::now() + secs(ttl));
+        let deadline = self.now() + secs(ttl);
+        let mut inner = self.inner.lock();
+        // A grant reuses no checkpoint, even of a lease by the same id.
+        if let Some(old) = inner.leases.remove(&id) {
+            inner.queue.remove(&(old.deadline, id));
+        }
+        Self::set(&mut inner, id, ttl, deadline);
     }
 
     /// A lease was revoked (by a client or by expiry).
@@ -118,10 +176,18 @@ impl Lessor {
         }
     }
 
+    /// A lease's remaining TTL was checkpointed. Its deadline stays: the
+    /// checkpoint only says where the clock starts after a restart.
+    pub fn checkpointed(&self, id: i64, remaining: i64) {
+        if let Some(e) = self.inner.lock().leases.get_mut(&id) {
+            e.remaining = remaining;
+        }
+    }
+
     /// Renews a lease; returns its TTL, or `None` if it does not exist or
     /// has already expired (it is then being revoked).
     pub fn renew(&self, id: i64) -> Option<i64> {
-        let now = Instant::now();
+        let now = self.now();
         let mut inner = self.inner.lock();
         let e = inner.leases.get(&id)?;
         if e.deadline <= now {
@@ -134,12 +200,10 @@ impl Lessor {
 
     /// Whole seconds left and the granted TTL of a lease.
     pub fn remaining(&self, id: i64) -> Option<(i64, i64)> {
+        let now = self.now();
         let inner = self.inner.lock();
         let e = inner.leases.get(&id)?;
-        let left = e
-            .deadline
-            .saturating_duration_since(Instant::now())
-            .as_secs() as i64;
+        let left = e.deadline.saturating_duration_since(now).as_secs() as i64;
         Some((left, e.ttl))
     }
 
@@ -184,7 +248,7 @@ impl Lessor {
     /// of the store's lease table, where ids at random would copy nearly
     /// every page of it once per command (`docs/decisions.md`, entry 23).
     pub fn checkpoints(&self) -> Vec<LeaseCheckpoint> {
-        let now = Instant::now();
+        let now = self.now();
         let inner = self.inner.lock();
         let mut out: Vec<LeaseCheckpoint> = inner
             .leases
@@ -202,45 +266,56 @@ impl Lessor {
 }
 
 /// Revokes expired leases and checkpoints remaining TTLs until `stop`
-/// resolves.
-pub async fn run(node: Arc<Node>, stop: impl std::future::Future<Output = ()>) {
+/// resolves. Only while `consensus` says this member leads: a follower's
+/// table follows the leader's commands and decides nothing.
+pub async fn run(
+    lessor: Arc<Lessor>,
+    consensus: Arc<dyn Consensus>,
+    stop: impl std::future::Future<Output = ()>,
+) {
     tokio::pin!(stop);
     let mut expiry = tokio::time::interval(EXPIRY_TICK);
     expiry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut checkpoint =
         tokio::time::interval_at(Instant::now() + CHECKPOINT_INTERVAL, CHECKPOINT_INTERVAL);
+    let propose = |kind| {
+        let consensus = consensus.clone();
+        async move {
+            let outcome = consensus.propose(Command { kind: Some(kind) }).await?;
+            outcome.response.map_err(ServerError::Store)
+        }
+    };
     loop {
         tokio::select! {
             _ = &mut stop => return,
-            _ = expiry.tick() => {
-                let expired = node.lessor.take_expired(Instant::now());
+            _ = expiry.tick(), if consensus.is_leader() => {
+                let expired = lessor.take_expired(Instant::now());
                 let revokes = expired.into_iter().map(|id| {
-                    let node = node.clone();
+                    let (lessor, revoke) = (lessor.clone(), propose(CommandKind::LeaseRevoke(LeaseRevokeRequest { id })));
                     async move {
-                        let r = node.propose(CommandKind::LeaseRevoke(LeaseRevokeRequest { id })).await;
-                        match r {
-                            Ok(_) | Err(ServerError::Store(StoreError::LeaseNotFound)) => {
-                                node.lessor.revoked(id)
-                            }
+                        // Applying the revoke drops the lease from the
+                        // table; a failed one is tried again.
+                        match revoke.await {
+                            Ok(_) | Err(ServerError::Store(StoreError::LeaseNotFound)) => {}
                             Err(e) => {
                                 tracing::warn!(lease = id, error = %e, "revoking an expired lease failed");
-                                node.lessor.retry(id);
+                                lessor.retry(id);
                             }
                         }
                     }
                 });
                 futures_join_all(revokes).await;
             }
-            _ = checkpoint.tick() => {
+            _ = checkpoint.tick(), if consensus.is_leader() => {
                 // In commands of at most CHECKPOINT_BATCH leases, one after
                 // another: one command for every lease held the store's
                 // lock long enough to stall every read and keepalive
                 // (docs/decisions.md, entry 22).
-                let checkpoints = node.lessor.checkpoints();
+                let checkpoints = lessor.checkpoints();
                 for chunk in checkpoints.chunks(CHECKPOINT_BATCH) {
                     let checkpoints = chunk.to_vec();
                     let cmd = CommandKind::LeaseCheckpoint(LeaseCheckpointRequest { checkpoints });
-                    if let Err(e) = node.propose(cmd).await {
+                    if let Err(e) = propose(cmd).await {
                         tracing::warn!(error = %e, "lease checkpoint failed");
                         break;
                     }

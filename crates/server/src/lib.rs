@@ -6,11 +6,13 @@
 //! - [`service`]: one thin gRPC service per etcd service — validate
 //!   ([`validate`]), call the node, map errors once ([`error`]), fill headers.
 //!   The KV endpoint reads and answers its unary calls itself (`unary`).
-//! - [`node`]: the store, the node identity, and the consensus in front of
-//!   the store.
+//! - [`node`]: the node identity, the consensus, and the store for reads.
 //! - [`consensus`]: the seam where writes are ordered. [`standalone`] is the
 //!   single-node implementation with group commit; Raft will be another.
-//! - `roster-store`: the deterministic state machine.
+//! - [`state`]: the state machine consensus feeds: the only caller of the
+//!   store's apply; it publishes events to the watch hub, keeps the
+//!   [`lessor`]'s table and answers proposers.
+//! - `roster-store`: the deterministic MVCC store.
 //!
 //! Reads go straight to the store's published state; writes become
 //! [`roster_store::Command`]s proposed to consensus and are answered once
@@ -25,6 +27,7 @@ pub mod node;
 pub mod serve;
 pub mod service;
 pub mod standalone;
+pub mod state;
 mod unary;
 pub mod validate;
 pub mod watch;

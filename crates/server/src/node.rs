@@ -1,7 +1,10 @@
-//! A node: the store, the consensus in front of it, and the node's identity.
+//! A node: the consensus, the state machine behind it, and the node's
+//! identity.
 //!
 //! The gRPC services hold an `Arc<Node>` and nothing else; they validate a
-//! request, hand it here, and fill the response header from here.
+//! request, read the store or propose a command here, and fill the response
+//! header from here. Nothing here applies a command: that is the state
+//! machine's job, fed by the consensus (`crate::state`).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -10,11 +13,13 @@ use roster_proto::etcdserverpb::ResponseHeader;
 use roster_store::{Command, CommandKind, CommandResponse, Store};
 use tokio::sync::Notify;
 
+use crate::coalesce::Backlog;
 use crate::config::Config;
 use crate::consensus::{Consensus, ConsensusStatus};
 use crate::error::ServerError;
 use crate::lessor::Lessor;
-use crate::standalone::Standalone;
+use crate::standalone::{Member, Standalone};
+use crate::state::StateMachine;
 use crate::watch::hub::Hub;
 
 /// Name of the database file inside the data directory.
@@ -45,9 +50,9 @@ pub enum OpenError {
 
 /// A running registry node.
 pub struct Node {
-    /// The state machine.
+    /// The store, for reads.
     pub store: Arc<Store>,
-    consensus: Standalone,
+    consensus: Arc<dyn Consensus>,
     /// The cluster id in response headers.
     pub cluster_id: u64,
     /// This member's id.
@@ -57,11 +62,13 @@ pub struct Node {
     /// Client URLs to advertise (filled once listeners are bound).
     pub client_urls: parking_lot::RwLock<Vec<String>>,
     /// Lease deadlines.
-    pub lessor: Lessor,
+    pub lessor: Arc<Lessor>,
     /// Every watcher.
     pub hub: Arc<Hub>,
     /// Notified when the write path fails and the node must stop.
     pub fatal: Arc<Notify>,
+    /// Answers given and not yet taken (see `crate::coalesce`).
+    backlog: Backlog,
 }
 
 const META_CLUSTER_ID: &str = "cluster_id";
@@ -102,31 +109,34 @@ impl Node {
         let term = store.meta(META_TERM).map_err(store_err)?.unwrap_or(1) + 1;
         store.set_meta(META_TERM, term).map_err(store_err)?;
 
-        // Bring the store up to everything acknowledged: it is durable as of
-        // its last checkpoint, the log holds the rest.
+        let lessor = Arc::new(Lessor::recover(&store.leases()));
+        let hub = Arc::new(Hub::new(store.clone(), cluster_id, member_id, term));
+        let sm = Arc::new(StateMachine::new(
+            store.clone(),
+            hub.clone(),
+            lessor.clone(),
+        ));
+        let fatal = Arc::new(Notify::new());
+        let backlog = Backlog::default();
+        let member = Member {
+            term,
+            id: member_id,
+            fatal: fatal.clone(),
+            backlog: backlog.clone(),
+        };
+        // The consensus brings the store up to everything acknowledged: it
+        // is durable as of its last checkpoint, the log holds the rest.
         let wal_dir = config.data_dir.join(WAL_DIR);
-        let wal =
-            crate::standalone::recover(&store, &wal_dir).map_err(|source| OpenError::Store {
+        let consensus =
+            Standalone::open(sm, &wal_dir, member).map_err(|source| OpenError::Store {
                 path: wal_dir.clone(),
                 source,
             })?;
-
-        let lessor = Lessor::recover(&store.leases());
-        let fatal = Arc::new(Notify::new());
-        let hub = Arc::new(Hub::new(store.clone(), cluster_id, member_id, term));
-        let publish = {
-            let hub = hub.clone();
-            Box::new(move |batch: &[roster_store::Applied], rev: i64| {
-                let events: Vec<&roster_proto::mvccpb::Event> =
-                    batch.iter().flat_map(|a| a.events.iter()).collect();
-                hub.publish(&events, rev);
-            })
-        };
-        let consensus =
-            Standalone::start(store.clone(), wal, term, member_id, fatal.clone(), publish);
+        // Time did not run for leases while the node was down.
+        lessor.start_clocks();
         Ok(Arc::new(Node {
             store,
-            consensus,
+            consensus: Arc::new(consensus),
             cluster_id,
             member_id,
             client_urls: parking_lot::RwLock::new(config.advertise_client_urls.clone()),
@@ -134,6 +144,7 @@ impl Node {
             lessor,
             hub,
             fatal,
+            backlog,
         }))
     }
 
@@ -145,13 +156,18 @@ impl Node {
     /// Durable commits of the write path so far (log appends, one
     /// `fdatasync` each): with group commit, fewer than the writes.
     pub fn durable_commits(&self) -> u64 {
-        self.consensus.syncs()
+        self.consensus.durable_commits()
+    }
+
+    /// The consensus, for what proposes on its own (the lessor's loop).
+    pub fn consensus(&self) -> Arc<dyn Consensus> {
+        self.consensus.clone()
     }
 
     /// Answers to writes not yet taken by their requests' tasks: the
     /// connections' write coalescing waits for them.
     pub fn backlog(&self) -> crate::coalesce::Backlog {
-        self.consensus.backlog()
+        self.backlog.clone()
     }
 
     /// Size of the database file.
@@ -181,8 +197,13 @@ impl Node {
 
     /// Proposes a write and waits for its outcome.
     pub async fn propose(&self, kind: CommandKind) -> Result<CommandResponse, ServerError> {
-        let applied = self.consensus.propose(Command { kind: Some(kind) }).await?;
-        Ok(applied.response?)
+        let outcome = self.consensus.propose(Command { kind: Some(kind) }).await?;
+        let response = outcome.response?;
+        if let Some(settled) = outcome.settled {
+            // A physical compaction: answered once storage let go.
+            settled.await.map_err(|_| ServerError::Stopped)?;
+        }
+        Ok(response)
     }
 
     /// Refuses requests above the configured size.

@@ -103,7 +103,8 @@ pub async fn serve(
     let mut background = tokio::task::JoinSet::new();
     {
         let mut rx = stop_rx.clone();
-        background.spawn(crate::lessor::run(node.clone(), async move {
+        let (lessor, consensus) = (node.lessor.clone(), node.consensus());
+        background.spawn(crate::lessor::run(lessor, consensus, async move {
             let _ = rx.wait_for(|stop| *stop).await;
         }));
     }

@@ -1,20 +1,20 @@
 //! Single-node consensus: group commit with an inline fast path.
 //!
 //! A write is durable once its command is in the write-ahead log and the log
-//! is synced; the store is then updated in memory (redb gets it at the next
-//! checkpoint), watchers hear of it, and the proposer is answered. Whoever
-//! holds the *core* (the log, the checkpoint clock and the commit hook)
-//! does this for a batch of commands, numbering them as consecutive log
-//! entries: one write and one `fdatasync` per batch.
+//! is synced; the state machine then applies it (to the store in memory:
+//! redb gets it at the next checkpoint), and the proposer gets its outcome.
+//! Whoever holds the *core* (the log) does this for a batch of commands,
+//! numbering them as consecutive log entries: one write and one `fdatasync`
+//! per batch.
 //!
 //! ```text
 //! proposer --(write path idle)--> commits its own write ---+
 //!    |                                                     |
 //!    +--(otherwise)--> queue --> writer thread ------------+
 //!                                                          v
-//!                  core: append + fdatasync, apply, publish, answer
+//!                  core: append + fdatasync, state machine apply, answer
 //!
-//! checkpointer: store -> redb, release the log, sweep compactions
+//! checkpointer: state machine checkpoint, release the log, sweep
 //! ```
 //!
 //! Two kinds of thread take the core:
@@ -47,9 +47,8 @@
 //! waiting on the disk, and holding the core through it would hold up
 //! every write that came meanwhile. Behind a lone writer it holds the core
 //! all the same (see `Shared::checkpoint`). Between checkpoints the same
-//! thread drops what compactions passed, from the index a piece at a time
-//! and from storage a batch at a time (see `Shared::sweep`); a physical
-//! compaction is answered once it is gone. When the write path closes, the
+//! thread has the state machine drop what compactions passed, a piece at a
+//! time ([`StateMachine::sweep`]). When the write path closes, the
 //! checkpointer waits for the writer to finish what is queued and makes a
 //! last checkpoint, so the next start replays nothing.
 //!
@@ -69,14 +68,14 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex, MutexGuard};
-use roster_proto::roster::command::Kind;
 use roster_store::wal::Wal;
-use roster_store::{Applied, Command, Store, StoreError, SWEEP_BATCH};
+use roster_store::{Command, StoreError};
 use tokio::sync::{oneshot, Notify};
 
 use crate::coalesce::{Answer, Backlog};
 use crate::consensus::{Consensus, ConsensusStatus, ProposeFuture};
 use crate::error::ServerError;
+use crate::state::{Outcome, StateMachine, Sweep};
 
 /// Upper bound on commands per batch, so one sync never waits on an
 /// unbounded amount of work.
@@ -94,12 +93,12 @@ pub const CHECKPOINT_RECORDS: usize = 512;
 
 struct Proposal {
     cmd: Command,
-    done: oneshot::Sender<Outcome>,
+    done: oneshot::Sender<Answered>,
 }
 
 /// A proposal's outcome, and its place in the [`Backlog`] until the
 /// proposer takes it (none when the write path stopped).
-type Outcome = (Result<Applied, ServerError>, Option<Answer>);
+type Answered = (Result<Outcome, ServerError>, Option<Answer>);
 
 /// The single-node [`Consensus`].
 pub struct Standalone {
@@ -108,13 +107,8 @@ pub struct Standalone {
     threads: Mutex<Vec<JoinHandle<()>>>,
 }
 
-/// Called after each durable batch, before any proposer of the batch is
-/// answered, with the batch's outcomes and the revision the store has
-/// published.
-pub type OnCommit = Box<dyn Fn(&[Applied], i64) + Send>;
-
 struct Shared {
-    store: Arc<Store>,
+    sm: Arc<StateMachine>,
     term: u64,
     member_id: u64,
     applied: AtomicU64,
@@ -124,9 +118,6 @@ struct Shared {
     lone: AtomicBool,
     /// Answers not yet taken by their proposers (see `crate::coalesce`).
     backlog: Backlog,
-    /// Physical compactions, answered once neither the index nor storage
-    /// holds what they passed (see `Shared::sweep`).
-    physical: Mutex<Vec<(Proposal, Applied)>>,
     failed: AtomicBool,
     fatal: Arc<Notify>,
     queue: Mutex<Queue>,
@@ -152,42 +143,45 @@ struct Queue {
     /// When the first commit since the last checkpoint was made.
     dirty_since: Option<Instant>,
     /// A compaction passed history that the index or storage still
-    /// holds: the checkpointer drops it.
+    /// holds: the checkpointer has the state machine drop it.
     sweep: bool,
 }
 
 struct Core {
     wal: Wal,
-    on_commit: OnCommit,
+}
+
+/// Who this member is and what it reports, for [`Standalone::open`].
+pub struct Member {
+    /// The term this run serves in.
+    pub term: u64,
+    /// This member's id: the leader, always.
+    pub id: u64,
+    /// Notified if the write path fails and the node must stop.
+    pub fatal: Arc<Notify>,
+    /// Counts answers given and not yet taken (see `crate::coalesce`).
+    pub backlog: Backlog,
 }
 
 impl Standalone {
-    /// Starts the write path over `store`, logging to `wal`, which must
-    /// continue where the store is (see [`recover`]). `fatal` is
-    /// notified if the write path fails and the node must stop.
-    pub fn start(
-        store: Arc<Store>,
-        wal: Wal,
-        term: u64,
-        member_id: u64,
-        fatal: Arc<Notify>,
-        on_commit: OnCommit,
-    ) -> Self {
+    /// Opens the log in `dir`, replays into `sm` what its store does not
+    /// durably hold yet, and starts the write path.
+    pub fn open(sm: Arc<StateMachine>, dir: &Path, member: Member) -> Result<Self, StoreError> {
+        let wal = recover(&sm, dir)?;
         let shared = Arc::new(Shared {
-            applied: AtomicU64::new(store.applied_index()),
-            store,
-            term,
-            member_id,
+            applied: AtomicU64::new(sm.applied_index()),
+            sm,
+            term: member.term,
+            member_id: member.id,
             syncs: AtomicU64::new(0),
             lone: AtomicBool::new(false),
-            backlog: Backlog::default(),
-            physical: Mutex::new(Vec::new()),
+            backlog: member.backlog,
             failed: AtomicBool::new(false),
-            fatal,
+            fatal: member.fatal,
             queue: Mutex::new(Queue::default()),
             wake: Condvar::new(),
             tick: Condvar::new(),
-            core: Mutex::new(Core { wal, on_commit }),
+            core: Mutex::new(Core { wal }),
         });
         let (s, c) = (shared.clone(), shared.clone());
         let threads = vec![
@@ -200,30 +194,10 @@ impl Standalone {
                 .spawn(move || c.checkpointer())
                 .expect("spawning the checkpoint thread"),
         ];
-        Standalone {
+        Ok(Standalone {
             shared,
             threads: Mutex::new(threads),
-        }
-    }
-
-    /// Number of log appends so far: durable commits, one `fdatasync` each.
-    pub fn syncs(&self) -> u64 {
-        self.shared.syncs.load(Ordering::Relaxed)
-    }
-
-    /// Answers given and not yet taken by their proposers.
-    pub fn backlog(&self) -> Backlog {
-        self.shared.backlog.clone()
-    }
-
-    /// Stops accepting proposals, lets the writer finish what is queued,
-    /// checkpoints the store and waits for it all.
-    /// Call it from a thread that may block.
-    pub fn stop(&self) {
-        self.shared.close();
-        for h in self.threads.lock().drain(..) {
-            let _ = h.join();
-        }
+        })
     }
 }
 
@@ -253,6 +227,23 @@ impl Consensus for Standalone {
             leader: self.shared.member_id,
             commit_index: applied,
             applied_index: applied,
+        }
+    }
+
+    fn is_leader(&self) -> bool {
+        true
+    }
+
+    fn durable_commits(&self) -> u64 {
+        self.shared.syncs.load(Ordering::Relaxed)
+    }
+
+    /// Lets the writer finish what is queued, checkpoints the store and
+    /// waits for it all.
+    fn stop(&self) {
+        self.shared.close();
+        for h in self.threads.lock().drain(..) {
+            let _ = h.join();
         }
     }
 }
@@ -353,34 +344,22 @@ impl Shared {
         }
     }
 
-    /// Drops a piece of what compactions passed from the index and a
-    /// batch of their records from storage, and answers the physical
-    /// compactions that waited for it once none is left. Done here rather
-    /// than on the write path, where every write waited for it
-    /// (`docs/decisions.md`, entries 16 and 17). Checkpoints, due every
-    /// 100 ms, come between batches.
+    /// Has the state machine drop a piece of what compactions passed.
+    /// Done here rather than on the write path, where every write waited
+    /// for it (`docs/decisions.md`, entries 16 and 17). Checkpoints, due
+    /// every 100 ms, come between pieces.
     fn sweep(&self) -> Result<(), StoreError> {
-        // Their compactions were all published before they were queued.
-        let waiting = std::mem::take(&mut *self.physical.lock());
-        let swept = self.store.sweep_compacted(SWEEP_BATCH)?;
-        if swept.done() {
-            for (p, applied) in waiting {
-                self.answer(p, applied);
-            }
-            return Ok(());
-        }
-        self.physical.lock().extend(waiting);
         // What is left only because a checkpoint holds it cannot be: this
         // thread makes the checkpoints. Doing nothing, stop rather than
         // spin; the next compaction or the last checkpoint goes on.
-        if swept.progressed() {
+        if self.sm.sweep()? == Sweep::More {
             self.queue.lock().sweep = true;
         }
         Ok(())
     }
 
-    /// Makes `batch` durable, applies it, publishes it and answers its
-    /// proposers; drains `batch`.
+    /// Makes `batch` durable, has the state machine apply it and answers
+    /// its proposers; drains `batch`.
     fn commit(&self, core: &mut MutexGuard<'_, Core>, batch: &mut Vec<Proposal>) {
         if self.failed.load(Ordering::Acquire) {
             return answer_stopped(batch.drain(..));
@@ -394,35 +373,19 @@ impl Shared {
         let logged = core.wal.append(&commands).inspect(|_| {
             self.syncs.fetch_add(1, Ordering::Relaxed);
         });
-        let results = match logged.and_then(|()| self.store.apply_logged(&commands)) {
-            Ok(results) => results,
+        let outcomes = match logged.and_then(|()| self.sm.apply(&commands)) {
+            Ok(outcomes) => outcomes,
             Err(e) => return self.fail(batch, e),
         };
         self.applied
             .store(base + commands.len() as u64, Ordering::Release);
-        // Watchers hear of a write before its writer is answered, so a
-        // watch created before a put always sees the put.
-        (core.on_commit)(&results, self.store.revision());
-        // What a compaction dropped is deleted from storage by the
-        // checkpointer, a batch at a time; a physical compaction is
-        // answered once that is done.
-        let mut compacted = false;
-        let mut physical = Vec::new();
-        for ((p, applied), (_, cmd)) in batch.drain(..).zip(results).zip(&commands) {
-            if let (Some(Kind::Compact(c)), Ok(_)) = (&cmd.kind, &applied.response) {
-                compacted = true;
-                if c.physical {
-                    physical.push((p, applied));
-                    continue;
-                }
-            }
-            self.answer(p, applied);
+        for (p, outcome) in batch.drain(..).zip(outcomes) {
+            self.answer(p, outcome);
         }
-        // Before the sweep is asked for, so that it finds them.
-        self.physical.lock().extend(physical);
+        let compacted = self.sm.take_sweep_due();
         // Start the checkpoint clock, or make the checkpoint due now when
         // enough is pending; the writer thread keeps the clock.
-        let full = self.store.pending_records() >= CHECKPOINT_RECORDS;
+        let full = self.sm.pending_records() >= CHECKPOINT_RECORDS;
         let mut queue = self.queue.lock();
         let mut tick = compacted;
         queue.sweep |= compacted;
@@ -453,7 +416,7 @@ impl Shared {
     fn checkpoint(&self) -> Result<(), StoreError> {
         let started = Instant::now();
         let held = self.lone.load(Ordering::Relaxed).then(|| self.core.lock());
-        let upto = self.store.checkpoint()?;
+        let upto = self.sm.checkpoint()?;
         tracing::debug!(upto, took = ?started.elapsed(), "checkpoint");
         match held {
             Some(mut core) => core.wal.release(upto),
@@ -471,22 +434,14 @@ impl Shared {
         }
         // What compactions dropped would be found and deleted at the next
         // start, but a physical compaction waits for it now.
-        let waiting = std::mem::take(&mut *self.physical.lock());
-        let outcome = self.store.finish_compaction();
-        for (p, applied) in waiting {
-            match &outcome {
-                Ok(()) => self.answer(p, applied),
-                Err(_) => answer_stopped([p]),
-            }
-        }
-        if let Err(e) = outcome {
+        if let Err(e) = self.sm.finish_sweep() {
             tracing::error!(error = %e, "deleting compacted revisions failed; redone at the next start");
         }
     }
 
     /// Answers `p` with what applying it did.
-    fn answer(&self, p: Proposal, applied: Applied) {
-        let _ = p.done.send((Ok(applied), Some(self.backlog.answer())));
+    fn answer(&self, p: Proposal, outcome: Outcome) {
+        let _ = p.done.send((Ok(outcome), Some(self.backlog.answer())));
     }
 
     /// Closes the write path: the writer finishes what is queued and exits.
@@ -508,8 +463,7 @@ impl Shared {
         drop(queue);
         self.wake.notify_one();
         answer_stopped(pending);
-        let physical = std::mem::take(&mut *self.physical.lock());
-        answer_stopped(physical.into_iter().map(|(p, _)| p));
+        self.sm.abandon();
     }
 }
 
@@ -527,27 +481,22 @@ fn may_block() -> bool {
         .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
 }
 
-/// Opens the write-ahead log in `dir` and replays onto `store` what the
-/// store does not durably hold yet, then checkpoints: the log returned
-/// continues exactly where the store is, as [`Standalone::start`] needs.
-pub fn recover(store: &Store, dir: &Path) -> Result<Wal, StoreError> {
-    let (mut wal, replay) = Wal::open(dir, store.applied_index())?;
+/// Opens the write-ahead log in `dir` and replays into `sm` what its store
+/// does not durably hold yet, then checkpoints: the log returned continues
+/// exactly where the store is.
+fn recover(sm: &StateMachine, dir: &Path) -> Result<Wal, StoreError> {
+    let (mut wal, replay) = Wal::open(dir, sm.applied_index())?;
     if !replay.is_empty() {
         tracing::info!(entries = replay.len(), "replaying the write-ahead log");
         for chunk in replay.chunks(MAX_BATCH) {
-            store.apply_logged(chunk)?;
+            sm.apply(chunk)?;
             // As after any batch: a replayed compaction's records go now.
-            store.finish_compaction()?;
+            sm.finish_sweep()?;
         }
-        checkpoint(store, &mut wal)?;
+        let started = Instant::now();
+        let upto = sm.checkpoint()?;
+        tracing::debug!(upto, took = ?started.elapsed(), "checkpoint");
+        wal.release(upto)?;
     }
     Ok(wal)
-}
-
-/// Makes the store durable and drops the log it no longer needs.
-fn checkpoint(store: &Store, wal: &mut Wal) -> Result<(), StoreError> {
-    let started = Instant::now();
-    let upto = store.checkpoint()?;
-    tracing::debug!(upto, took = ?started.elapsed(), "checkpoint");
-    wal.release(upto)
 }

@@ -1,8 +1,9 @@
 //! `etcdserverpb.Lease`: grant, revoke, keepalive, time-to-live, list.
 //!
-//! Grant and revoke are writes; keepalive only moves a deadline in the
-//! lessor (see [`crate::lessor`]); time-to-live and list read the lessor and
-//! the store.
+//! Grant and revoke are writes; applying them updates the lessor's table
+//! (see [`crate::state`]). Keepalive only moves a deadline in the lessor
+//! (see [`crate::lessor`]); time-to-live and list read the lessor and the
+//! store.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -56,7 +57,6 @@ pub async fn grant(node: &Node, r: LeaseGrantRequest) -> Result<LeaseGrantRespon
         let cmd = CommandKind::LeaseGrant(LeaseGrantRequest { ttl, id });
         match node.propose(cmd).await {
             Ok(CommandResponse::LeaseGrant(mut resp)) => {
-                node.lessor.granted(id, ttl);
                 node.fill(&mut resp.header);
                 return Ok(resp);
             }
@@ -83,7 +83,6 @@ impl Lease for LeaseService {
                 let cmd = CommandKind::LeaseRevoke(LeaseRevokeRequest { id });
                 match self.node.propose(cmd).await? {
                     CommandResponse::LeaseRevoke(mut resp) => {
-                        self.node.lessor.revoked(id);
                         self.node.fill(&mut resp.header);
                         Ok(resp)
                     }

@@ -2,7 +2,8 @@
 //! hold is applied again, compactions included.
 
 use roster_proto::etcdserverpb::{CompactionRequest, PutRequest};
-use roster_server::standalone::recover;
+use roster_server::node::{DB_FILE, WAL_DIR};
+use roster_server::{Config, Node};
 use roster_store::wal::Wal;
 use roster_store::{Command, CommandKind, Store};
 
@@ -22,9 +23,9 @@ fn put(key: &str, value: &str) -> Command {
 #[test]
 fn a_replayed_compaction_removes_its_records_at_once() {
     let dir = tempfile::tempdir().unwrap();
-    let wal_dir = dir.path().join("wal");
-    let store = Store::open(&dir.path().join("db")).unwrap();
+    let wal_dir = dir.path().join(WAL_DIR);
     {
+        let store = Store::open(&dir.path().join(DB_FILE)).unwrap();
         let (mut wal, replay) = Wal::open(&wal_dir, store.applied_index()).unwrap();
         assert!(replay.is_empty());
         let compact = Command {
@@ -40,10 +41,11 @@ fn a_replayed_compaction_removes_its_records_at_once() {
             (4, compact),
         ];
         wal.append(&entries).unwrap();
+        assert_eq!(store.record_count().unwrap(), 0);
     }
-    assert_eq!(store.record_count().unwrap(), 0);
 
-    recover(&store, &wal_dir).unwrap();
+    let node = Node::open(Config::new(dir.path())).unwrap();
+    let store = &node.store;
     assert_eq!(store.applied_index(), 4);
     assert_eq!(store.revision(), 4);
     assert_eq!(store.compact_revision(), 4);
@@ -52,4 +54,5 @@ fn a_replayed_compaction_removes_its_records_at_once() {
         1,
         "the versions at revisions 2 and 3 are still stored"
     );
+    node.stop();
 }
