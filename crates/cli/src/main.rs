@@ -4,6 +4,7 @@ mod bench;
 mod echo;
 mod gateway;
 mod serve;
+mod snapshot;
 
 use clap::{Parser, Subcommand};
 
@@ -34,6 +35,8 @@ enum Command {
     Gateway(gateway::GatewayArgs),
     /// Load-test any etcd v3 endpoint (put, range, watch, leases, registry).
     Bench(bench::BenchArgs),
+    /// Make a data directory from a snapshot (`snapshot restore`).
+    Snapshot(snapshot::SnapshotArgs),
 }
 
 fn main() {
@@ -53,6 +56,7 @@ fn main() {
         Command::Echo(args) => echo::run(args),
         Command::Gateway(args) => gateway::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Snapshot(args) => snapshot::run(args),
     };
     if let Err(e) = result {
         eprintln!("roster: error: {e}");

@@ -29,6 +29,8 @@
 //! - [`lease`]: leases and the keys attached to them.
 //! - [`read`]: evaluation of ranges and compares against a view of the index.
 //! - [`apply`]: the write commands.
+//! - [`snapshot`]: the durable state as one stream of bytes, and a new
+//!   database made from one.
 //! - [`wal`]: the write-ahead log that makes a batch durable before it is
 //!   applied, so the store itself needs an fsync only at checkpoints.
 //! - `store`: the [`Store`] that ties them together and guards concurrency;
@@ -44,6 +46,7 @@ pub mod index;
 pub mod lease;
 mod pending;
 pub mod read;
+pub mod snapshot;
 mod store;
 pub mod wal;
 

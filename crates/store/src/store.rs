@@ -308,6 +308,11 @@ impl Store {
         self.batches.load(Ordering::Relaxed)
     }
 
+    /// The database, for snapshots.
+    pub(crate) fn database(&self) -> &Database {
+        &self.db
+    }
+
     /// The size of the database file in bytes (as etcd reports `dbSize`).
     pub fn size_on_disk(&self) -> u64 {
         std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0)

@@ -4,7 +4,8 @@
 //! in-process (`roster-server`, `roster-client`). Here: the process's
 //! flags and errors ([`cli_errors`]), its signals and graceful stop
 //! ([`smoke`]), `kill -9` and what survives it ([`crash`],
-//! [`lease_crash`]), the echo backend and the gateway run end to end as
+//! [`lease_crash`]), snapshots saved by etcdctl, restored and served
+//! ([`snapshot`]), the echo backend and the gateway run end to end as
 //! an operator runs them ([`echo`], [`gateway`], [`gateway_errors`],
 //! [`gateway_features`]), etcdctl's own output diffed against the real
 //! etcd's ([`etcdctl_conformance`]), and `roster bench` ([`bench_smoke`]).
@@ -24,4 +25,5 @@ mod lease_crash;
 mod procs;
 mod roster;
 mod smoke;
+mod snapshot;
 mod wire;

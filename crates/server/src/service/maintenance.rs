@@ -2,8 +2,10 @@
 //!
 //! Status and Alarm are served (so `etcdctl endpoint status` and
 //! `alarm list` work); Defragment is accepted and does nothing, since redb
-//! reuses freed pages itself. The rest answer `Unimplemented` until their
-//! issue comes.
+//! reuses freed pages itself. Snapshot streams the store's snapshot
+//! (`roster_store::snapshot`) followed by its SHA-256, as etcd does, so
+//! `etcdctl snapshot save` works and `roster snapshot restore` takes the
+//! file. The rest answer `Unimplemented` until their issue comes.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -14,6 +16,9 @@ use roster_proto::etcdserverpb::{
     DowngradeResponse, HashKvRequest, HashKvResponse, HashRequest, HashResponse, MoveLeaderRequest,
     MoveLeaderResponse, SnapshotRequest, SnapshotResponse, StatusRequest, StatusResponse,
 };
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc::Sender;
+use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
 use tonic::{Request, Status};
 
@@ -84,7 +89,12 @@ impl Maintenance for MaintenanceService {
     type SnapshotStream = SnapshotStream;
 
     async fn snapshot(&self, _req: Request<SnapshotRequest>) -> Reply<SnapshotStream> {
-        reply(Err(ServerError::Unsupported("Snapshot")))
+        let node = self.node.clone();
+        let (tx, rx) = tokio::sync::mpsc::channel(2);
+        // The store is read on a blocking thread, a piece at a time: the
+        // channel's two pieces are all the memory a slow reader costs.
+        tokio::task::spawn_blocking(move || stream_snapshot(&node, &tx));
+        Ok(tonic::Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
     async fn move_leader(&self, _req: Request<MoveLeaderRequest>) -> Reply<MoveLeaderResponse> {
@@ -94,4 +104,50 @@ impl Maintenance for MaintenanceService {
     async fn downgrade(&self, _req: Request<DowngradeRequest>) -> Reply<DowngradeResponse> {
         reply(Err(ServerError::Unsupported("Downgrade")))
     }
+}
+
+/// Bytes of snapshot per message, as etcd sends them.
+const SNAPSHOT_PIECE: usize = 32 << 10;
+
+/// Sends `node`'s snapshot on `tx`, then its SHA-256 as the last message.
+/// `remaining_bytes` counts down from the database file's size, which the
+/// snapshot's length is close to but not equal to; the last message says 0.
+fn stream_snapshot(node: &Node, tx: &Sender<Result<SnapshotResponse, Status>>) {
+    let header = node.header(0);
+    let mut writer = match node.store.snapshot() {
+        Ok(w) => w,
+        Err(e) => {
+            let _ = tx.blocking_send(Err(Status::from(ServerError::Store(e))));
+            return;
+        }
+    };
+    let estimate = node.db_size();
+    let mut sent = 0u64;
+    let mut hasher = Sha256::new();
+    loop {
+        let mut blob = Vec::with_capacity(SNAPSHOT_PIECE + 1024);
+        match writer.fill(&mut blob, SNAPSHOT_PIECE) {
+            Ok(true) => {}
+            Ok(false) => break,
+            Err(e) => {
+                let _ = tx.blocking_send(Err(Status::from(ServerError::Store(e))));
+                return;
+            }
+        }
+        hasher.update(&blob);
+        sent += blob.len() as u64;
+        let msg = SnapshotResponse {
+            header,
+            remaining_bytes: estimate.saturating_sub(sent).max(1),
+            blob,
+        };
+        if tx.blocking_send(Ok(msg)).is_err() {
+            return; // the client went away
+        }
+    }
+    let _ = tx.blocking_send(Ok(SnapshotResponse {
+        header,
+        remaining_bytes: 0,
+        blob: hasher.finalize().to_vec(),
+    }));
 }
