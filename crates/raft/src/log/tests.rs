@@ -1,3 +1,5 @@
+use std::collections::BTreeMap;
+
 use super::format::record_len;
 use super::*;
 
@@ -759,4 +761,86 @@ fn a_damaged_segment_header_is_corruption() {
     let (name, _) = &image.files[2];
     std::fs::rename(dir.path().join(name), dir.path().join(seg(1000))).unwrap();
     assert!(image.check(dir.path(), "renamed segment"));
+}
+
+/// What a model of the log expects after a sequence of operations.
+#[derive(Debug, Clone)]
+enum Op {
+    Append {
+        count: u64,
+        term_up: bool,
+        len: usize,
+    },
+    Truncate {
+        back: u64,
+    },
+    Release {
+        back: u64,
+    },
+    Reopen,
+}
+
+fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+    use proptest::prelude::*;
+    prop_oneof![
+        4 => (1u64..5, any::<bool>(), 0usize..600)
+            .prop_map(|(count, term_up, len)| Op::Append { count, term_up, len }),
+        1 => (0u64..6).prop_map(|back| Op::Truncate { back }),
+        1 => (0u64..6).prop_map(|back| Op::Release { back }),
+        1 => Just(Op::Reopen),
+    ]
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(16))]
+    #[test]
+    fn the_log_matches_a_model(ops in proptest::collection::vec(op(), 1..24)) {
+        let dir = tempfile::tempdir().unwrap();
+        let size = 1500;
+        let (mut log, _) = Log::open_sized(dir.path(), 0, size).unwrap();
+        // What the log holds above `released`, by index.
+        let mut model: BTreeMap<u64, Entry> = BTreeMap::new();
+        let mut released = 0u64;
+        let mut term = 1u64;
+        for op in ops {
+            match op {
+                Op::Append { count, term_up, len } => {
+                    term += u64::from(term_up);
+                    let next = log.next_index();
+                    let batch: Vec<Entry> = (next..next + count)
+                        .map(|i| entry(term, i, len + i as usize % 5))
+                        .collect();
+                    append(&mut log, &batch);
+                    model.extend(batch.into_iter().map(|e| (e.id.index, e)));
+                }
+                Op::Truncate { back } => {
+                    let from = log.next_index().saturating_sub(back).max(released + 1);
+                    log.truncate(from).unwrap();
+                    model.retain(|&i, _| i < from);
+                    assert_eq!(log.next_index(), from);
+                }
+                Op::Release { back } => {
+                    let upto = log.next_index().saturating_sub(1 + back).max(released);
+                    log.release(upto).unwrap();
+                    released = upto;
+                }
+                Op::Reopen => {
+                    drop(log);
+                    let (l, replay) = Log::open_sized(dir.path(), released, size).unwrap();
+                    log = l;
+                    let expect: Vec<Entry> = model.range(released + 1..).map(|(_, e)| e.clone()).collect();
+                    assert_eq!(replay, expect);
+                }
+            }
+            let last = model.values().next_back().map(|e| e.id);
+            if last.is_some() {
+                assert_eq!(log.last_id(), last);
+            }
+            assert_eq!(log.next_index(), last.map_or(log.next_index(), |id| id.index + 1));
+        }
+        drop(log);
+        let (_, replay) = Log::open_sized(dir.path(), released, size).unwrap();
+        let expect: Vec<Entry> = model.range(released + 1..).map(|(_, e)| e.clone()).collect();
+        assert_eq!(replay, expect);
+    }
 }
