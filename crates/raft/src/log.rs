@@ -78,6 +78,14 @@
 //! header disagree, a sealed segment with no entries, and segments that do
 //! not chain (a gap is a lost segment).
 //!
+//! Reading stops at a zero header without looking further: a clean open
+//! reads what the log holds, not the preallocated size. A crash can
+//! persist a later sector of an append and not the one holding a record
+//! header, leaving records past that zero header. So every append writes
+//! zeros over the next record header's place along with its records (same
+//! write, same `fdatasync`): what lies past the end of the log is never
+//! reached, even after a shorter append.
+//!
 //! The rule assumes a torn append leaves a prefix of its sectors written
 //! and the rest zero. A crash that persisted a later sector but not an
 //! earlier one is reported as corruption: the log stops rather than guess.
@@ -223,6 +231,8 @@ pub struct Log {
     active: File,
     /// Where the next record goes in the active segment.
     pos: u64,
+    /// Length of the active segment's file.
+    active_len: u64,
     /// The index the next appended entry must carry.
     next: u64,
     /// The last entry's id, or the one before the active segment.
@@ -261,15 +271,19 @@ impl Log {
                 path: dir.join(segment_name(first)),
             };
             let active = create_segment(dir, first, None, segment_bytes)?;
-            let log = Log::new(
-                dir,
-                Vec::new(),
+            let log = Log {
+                dir: dir.to_path_buf(),
+                sealed: Vec::new(),
                 active_seg,
                 active,
-                SEGMENT_HEADER,
-                None,
+                pos: SEGMENT_HEADER,
+                active_len: segment_bytes,
+                next: first,
+                last: None,
+                buf: Vec::new(),
                 segment_bytes,
-            );
+                failed: false,
+            };
             return Ok((log, Vec::new()));
         };
         if first_retained > after + 1 {
@@ -396,12 +410,13 @@ impl Log {
             }
             if is_newest {
                 let next = scan.last.map_or(first, |id| id.index + 1);
-                newest = Some((seg, file, scan.end, next, torn));
+                newest = Some((seg, file, file_len, scan.end, next, torn));
             } else {
                 sealed.push(seg);
             }
         }
-        let (active_seg, active, pos, next, torn) = newest.expect("at least one segment");
+        let (active_seg, active, active_len, pos, next, torn) =
+            newest.expect("at least one segment");
         if next - 1 < after {
             return Err(LogError::Mismatch {
                 dir: dir.to_path_buf(),
@@ -421,32 +436,20 @@ impl Log {
             );
             erase(&active, &active_seg.path, at, end)?;
         }
-        let mut log = Log::new(dir, sealed, active_seg, active, pos, last, segment_bytes);
-        log.next = next;
-        Ok((log, replay))
-    }
-
-    fn new(
-        dir: &Path,
-        sealed: Vec<Segment>,
-        active_seg: Segment,
-        active: File,
-        pos: u64,
-        last: Option<LogId>,
-        segment_bytes: u64,
-    ) -> Log {
-        Log {
+        let log = Log {
             dir: dir.to_path_buf(),
             sealed,
-            next: last.map_or(active_seg.first, |id| id.index + 1),
             active_seg,
             active,
             pos,
+            active_len,
+            next,
             last,
             buf: Vec::new(),
             segment_bytes,
             failed: false,
-        }
+        };
+        Ok((log, replay))
     }
 
     /// The index the next appended entry must carry.
@@ -510,6 +513,12 @@ impl Log {
         if self.pos > SEGMENT_HEADER && self.pos + len > self.segment_bytes {
             self.roll(first.id.index)?;
         }
+        // Zeros over the next record header's place, in the same write:
+        // whatever lies beyond a zero header the log ended at (a crash can
+        // persist a later sector of an append and not an earlier one) is
+        // never read back after a shorter append.
+        let zeros = RECORD_HEADER.min(self.active_len.saturating_sub(self.pos + len));
+        self.buf.resize((len + zeros) as usize, 0);
         // The path is cloned only for an error: an append is on every
         // write's path.
         self.active
@@ -519,6 +528,7 @@ impl Log {
             .sync_data()
             .map_err(|e| io("syncing", &self.active_seg.path)(e))?;
         self.pos += len;
+        self.active_len = self.active_len.max(self.pos);
         self.next = expect;
         self.last = records.last().map(|r| r.id);
         Ok(())
@@ -598,6 +608,7 @@ impl Log {
             let prev_term = seg.prev_term;
             self.active = create_segment(&self.dir, from, prev_term, self.segment_bytes)?;
             self.pos = SEGMENT_HEADER;
+            self.active_len = self.segment_bytes;
             self.last = prev_term.map(|term| LogId {
                 term,
                 index: from - 1,
@@ -633,6 +644,7 @@ impl Log {
             };
             erase(&self.active, &seg.path, cut, scan.end)?;
             self.pos = cut;
+            self.active_len = file_len;
             self.last = Some(before);
         }
         self.next = from;
@@ -672,6 +684,7 @@ impl Log {
         self.sealed
             .push(std::mem::replace(&mut self.active_seg, seg));
         self.pos = SEGMENT_HEADER;
+        self.active_len = self.segment_bytes;
         Ok(())
     }
 }

@@ -452,6 +452,32 @@ fn a_header_never_written_ends_the_log() {
 }
 
 #[test]
+fn what_lies_past_the_end_is_never_read_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut log, _) = open(dir.path(), 0).unwrap();
+    append(&mut log, &run(1, 1, 2));
+    let lost = run(1, 3, 4);
+    append(&mut log, &lost);
+    drop(log);
+    // A crash persisted entry 4's sector but not entry 3's header.
+    let at = offsets(&run(1, 1, 4))[2];
+    let path = dir.path().join(seg(1));
+    zero_range(&path, at, at + RECORD_HEADER);
+    let (mut log, replay) = open(dir.path(), 0).unwrap();
+    assert_eq!(replay, run(1, 1, 2));
+    // A new entry 3 of the same size ends right where the old, valid
+    // entry 4 starts: it must not come back.
+    let mut new = entry(1, 3, 100);
+    new.payload.reverse();
+    append(&mut log, std::slice::from_ref(&new));
+    drop(log);
+    let (log, replay) = open(dir.path(), 0).unwrap();
+    assert_eq!(indexes(&replay), vec![1, 2, 3]);
+    assert_eq!(replay[2], new);
+    assert_eq!(log.next_index(), 4);
+}
+
+#[test]
 fn a_torn_tail_in_a_sealed_segment_is_corruption() {
     let dir = tempfile::tempdir().unwrap();
     let size = room_for(3);
