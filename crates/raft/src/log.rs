@@ -16,7 +16,8 @@
 //! to record. A segment is created as `NAME.tmp`, sized, given its header,
 //! synced, renamed to `NAME` and the directory synced: a segment under its
 //! final name always has a valid header and at least the size the header
-//! states. Leftover `*.wal.tmp` files are deleted at open.
+//! states. Leftover `*.wal.tmp` files are deleted once `open` has found
+//! the log sound.
 //!
 //! ```text
 //! segment header (64 bytes, little-endian)
@@ -260,10 +261,11 @@ impl Log {
         segment_bytes: u64,
     ) -> Result<(Log, Vec<Entry>), LogError> {
         let segment_bytes = segment_bytes.max(SEGMENT_HEADER + ALIGN).div_ceil(ALIGN) * ALIGN;
-        std::fs::create_dir_all(dir).map_err(io("creating", dir))?;
-        let segments = list_segments(dir)?;
+        create_dir(dir)?;
+        let (segments, unfinished) = list_segments(dir)?;
 
         let Some(&(first_retained, _)) = segments.first() else {
+            remove_unfinished(dir, &unfinished)?;
             let first = after + 1;
             let active_seg = Segment {
                 first,
@@ -310,6 +312,9 @@ impl Log {
                 .open(&path)
                 .map_err(io("opening", &path))?;
             let header = read_segment_header(&file, &path)?;
+            if first == 0 {
+                return Err(corrupt(&path, 16, "a segment starting at entry 0"));
+            }
             if header.first != first {
                 return Err(corrupt(
                     &path,
@@ -427,6 +432,8 @@ impl Log {
                 ),
             });
         }
+        // The log checks out: from here on, open may change files.
+        remove_unfinished(dir, &unfinished)?;
         if let Some((at, end, reason)) = torn {
             tracing::warn!(
                 segment = %active_seg.path.display(),
@@ -689,11 +696,13 @@ impl Log {
     }
 }
 
-/// Lists the segments in `dir` by first index, deleting leftover
-/// temporary files.
-fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, LogError> {
+/// Lists the segments in `dir` by first index, and the leftover
+/// temporary files of segments never finished.
+type Listing = (Vec<(u64, PathBuf)>, Vec<PathBuf>);
+
+fn list_segments(dir: &Path) -> Result<Listing, LogError> {
     let mut segments = Vec::new();
-    let mut removed = false;
+    let mut unfinished = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(io("listing", dir))? {
         let entry = entry.map_err(io("listing", dir))?;
         let name = entry.file_name();
@@ -701,10 +710,7 @@ fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, LogError> {
             continue;
         };
         if name.ends_with(TMP_SUFFIX) {
-            let path = entry.path();
-            tracing::info!(file = %path.display(), "removing an unfinished log segment");
-            std::fs::remove_file(&path).map_err(io("removing", &path))?;
-            removed = true;
+            unfinished.push(entry.path());
             continue;
         }
         let Some(first) = name
@@ -716,11 +722,38 @@ fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, LogError> {
         };
         segments.push((first, entry.path()));
     }
-    if removed {
+    segments.sort();
+    Ok((segments, unfinished))
+}
+
+/// Deletes segments a crash left unfinished (never part of the log).
+fn remove_unfinished(dir: &Path, unfinished: &[PathBuf]) -> Result<(), LogError> {
+    for path in unfinished {
+        tracing::info!(file = %path.display(), "removing an unfinished log segment");
+        std::fs::remove_file(path).map_err(io("removing", path))?;
+    }
+    if !unfinished.is_empty() {
         sync_dir(dir)?;
     }
-    segments.sort();
-    Ok(segments)
+    Ok(())
+}
+
+/// Creates `dir` and any missing parents, each durably.
+fn create_dir(dir: &Path) -> Result<(), LogError> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    let parent = match dir.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    create_dir(parent)?;
+    match std::fs::create_dir(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(io("creating", dir)(e)),
+    }
+    sync_dir(parent)
 }
 
 fn read_segment_header(file: &File, path: &Path) -> Result<SegmentHeader, LogError> {

@@ -236,10 +236,28 @@ fn leftover_temporary_segments_are_removed() {
     let (mut log, _) = open(dir.path(), 0).unwrap();
     append(&mut log, &run(1, 1, 2));
     drop(log);
-    std::fs::write(dir.path().join(format!("{:020}.wal.tmp", 3)), b"half made").unwrap();
+    let tmp = format!("{:020}.wal.tmp", 3);
+    std::fs::write(dir.path().join(&tmp), b"half made").unwrap();
+    // A log that does not open is left exactly as it is.
+    let path = dir.path().join(seg(1));
+    poke(&path, SEGMENT_HEADER + 40, |b| b ^ 1);
+    open(dir.path(), 0).err().unwrap();
+    assert_eq!(files(dir.path()), vec![seg(1), tmp]);
+    poke(&path, SEGMENT_HEADER + 40, |b| b ^ 1);
     let (_, replay) = open(dir.path(), 0).unwrap();
     assert_eq!(indexes(&replay), vec![1, 2]);
     assert_eq!(files(dir.path()), vec![seg(1)]);
+}
+
+#[test]
+fn missing_directories_are_created() {
+    let dir = tempfile::tempdir().unwrap();
+    let nested = dir.path().join("data").join("log");
+    let (mut log, _) = open(&nested, 0).unwrap();
+    append(&mut log, &run(1, 1, 1));
+    drop(log);
+    let (_, replay) = open(&nested, 0).unwrap();
+    assert_eq!(replay, run(1, 1, 1));
 }
 
 /// Opens `dir` at 0 and checks it holds exactly `expect`.
