@@ -89,7 +89,9 @@
 //!
 //! The rule assumes a torn append leaves a prefix of its sectors written
 //! and the rest zero. A crash that persisted a later sector but not an
-//! earlier one is reported as corruption: the log stops rather than guess.
+//! earlier one is reported as corruption (unless the sector missing held a
+//! record header whole, which reads as the end, above): the log stops
+//! rather than guess.
 //! Likewise damage that zeroes a whole sector-aligned piece of the last
 //! record (or only its last few bytes when they start a sector) reads as a
 //! torn tail: it is indistinguishable from one.
@@ -223,6 +225,7 @@ struct Segment {
 }
 
 /// An append-only log of numbered, termed entries.
+#[derive(Debug)]
 pub struct Log {
     dir: PathBuf,
     /// Sealed segments, oldest first.
