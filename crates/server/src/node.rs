@@ -38,6 +38,15 @@ pub enum OpenError {
         /// What the OS said.
         source: std::io::Error,
     },
+    /// The log could not be recovered (damaged, or not what the database
+    /// needs); nothing was changed.
+    #[error("cannot recover the log in {path}: {source}")]
+    Log {
+        /// The log's directory.
+        path: PathBuf,
+        /// What went wrong.
+        source: crate::standalone::RecoverError,
+    },
     /// The database could not be opened (in use, unreadable, corrupt).
     #[error("cannot open database {path}: {source}")]
     Store {
@@ -128,7 +137,7 @@ impl Node {
         // is durable as of its last checkpoint, the log holds the rest.
         let wal_dir = config.data_dir.join(WAL_DIR);
         let consensus =
-            Standalone::open(sm, &wal_dir, member).map_err(|source| OpenError::Store {
+            Standalone::open(sm, &wal_dir, member).map_err(|source| OpenError::Log {
                 path: wal_dir.clone(),
                 source,
             })?;

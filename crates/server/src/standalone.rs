@@ -41,7 +41,7 @@
 //! [`CHECKPOINT_RECORDS`] are pending), and that long after the last write,
 //! a third thread, the checkpointer, makes the store itself durable and
 //! drops the log segments the store no longer needs, so a restart replays
-//! at most that much log (see `roster_store::wal`). The first commit after
+//! at most that much log (see `roster_raft::log`). The first commit after
 //! a checkpoint starts that clock. Commits go on while the store writes out
 //! (it sets the writes aside first): a checkpoint spends most of its time
 //! waiting on the disk, and holding the core through it would hold up
@@ -68,7 +68,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex, MutexGuard};
-use roster_store::wal::Wal;
+use prost::Message;
+use roster_raft::{EntryKind, Log, LogError, LogId, Record};
 use roster_store::{Command, StoreError};
 use tokio::sync::{oneshot, Notify};
 
@@ -148,7 +149,9 @@ struct Queue {
 }
 
 struct Core {
-    wal: Wal,
+    log: Log,
+    /// Reused buffer for the batch's encoded commands.
+    buf: Vec<u8>,
 }
 
 /// Who this member is and what it reports, for [`Standalone::open`].
@@ -166,12 +169,14 @@ pub struct Member {
 impl Standalone {
     /// Opens the log in `dir`, replays into `sm` what its store does not
     /// durably hold yet, and starts the write path.
-    pub fn open(sm: Arc<StateMachine>, dir: &Path, member: Member) -> Result<Self, StoreError> {
-        let wal = recover(&sm, dir)?;
+    pub fn open(sm: Arc<StateMachine>, dir: &Path, member: Member) -> Result<Self, RecoverError> {
+        let log = recover(&sm, dir)?;
+        // Terms in the log never go down, whatever the store remembered.
+        let term = member.term.max(log.last_id().map_or(0, |id| id.term));
         let shared = Arc::new(Shared {
             applied: AtomicU64::new(sm.applied_index()),
             sm,
-            term: member.term,
+            term,
             member_id: member.id,
             syncs: AtomicU64::new(0),
             lone: AtomicBool::new(false),
@@ -181,7 +186,10 @@ impl Standalone {
             queue: Mutex::new(Queue::default()),
             wake: Condvar::new(),
             tick: Condvar::new(),
-            core: Mutex::new(Core { wal }),
+            core: Mutex::new(Core {
+                log,
+                buf: Vec::new(),
+            }),
         });
         let (s, c) = (shared.clone(), shared.clone());
         let threads = vec![
@@ -370,7 +378,7 @@ impl Shared {
             .enumerate()
             .map(|(i, p)| (base + 1 + i as u64, std::mem::take(&mut p.cmd)))
             .collect();
-        let logged = core.wal.append(&commands).inspect(|_| {
+        let logged = append(core, self.term, &commands).inspect(|_| {
             self.syncs.fetch_add(1, Ordering::Relaxed);
         });
         let outcomes = match logged.and_then(|()| self.sm.apply(&commands)) {
@@ -418,10 +426,11 @@ impl Shared {
         let held = self.lone.load(Ordering::Relaxed).then(|| self.core.lock());
         let upto = self.sm.checkpoint()?;
         tracing::debug!(upto, took = ?started.elapsed(), "checkpoint");
-        match held {
-            Some(mut core) => core.wal.release(upto),
-            None => self.core.lock().wal.release(upto),
-        }
+        let released = match held {
+            Some(mut core) => core.log.release(upto),
+            None => self.core.lock().log.release(upto),
+        };
+        released.map_err(log_failed)
     }
 
     /// Stopped: leave the store durable so the next start replays nothing.
@@ -481,22 +490,89 @@ fn may_block() -> bool {
         .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
 }
 
+/// Appends `commands` to the log as entries of `term`, durably.
+fn append(core: &mut Core, term: u64, commands: &[(u64, Command)]) -> Result<(), StoreError> {
+    let Core { log, buf } = core;
+    buf.clear();
+    let mut ends = Vec::with_capacity(commands.len());
+    for (_, cmd) in commands {
+        cmd.encode(buf).expect("Vec grows as needed");
+        ends.push(buf.len());
+    }
+    let mut start = 0;
+    let records: Vec<Record<'_>> = commands
+        .iter()
+        .zip(&ends)
+        .map(|((index, _), &end)| {
+            let payload = &buf[start..end];
+            start = end;
+            Record {
+                id: LogId {
+                    term,
+                    index: *index,
+                },
+                kind: EntryKind::Command,
+                payload,
+            }
+        })
+        .collect();
+    log.append(&records).map_err(log_failed)
+}
+
+/// A log failure on the write path: storage failed, the node stops.
+fn log_failed(e: LogError) -> StoreError {
+    StoreError::Storage(e.to_string())
+}
+
+/// Why the write path could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum RecoverError {
+    /// The log is damaged, or does not fit the store: nothing was changed.
+    #[error(transparent)]
+    Log(#[from] LogError),
+    /// Replaying the log into the store failed.
+    #[error("replaying the log: {0}")]
+    Store(#[from] StoreError),
+    /// An entry's payload is not a command.
+    #[error("log entry {index} does not decode as a command: {reason}")]
+    Entry {
+        /// The entry's index.
+        index: u64,
+        /// What the decoder said.
+        reason: String,
+    },
+}
+
 /// Opens the write-ahead log in `dir` and replays into `sm` what its store
 /// does not durably hold yet, then checkpoints: the log returned continues
-/// exactly where the store is.
-fn recover(sm: &StateMachine, dir: &Path) -> Result<Wal, StoreError> {
-    let (mut wal, replay) = Wal::open(dir, sm.applied_index())?;
+/// exactly where the store is. A log that is damaged, or that lacks what
+/// the store needs, is refused and nothing is changed.
+fn recover(sm: &StateMachine, dir: &Path) -> Result<Log, RecoverError> {
+    let (mut log, replay) = Log::open(dir, sm.applied_index())?;
     if !replay.is_empty() {
         tracing::info!(entries = replay.len(), "replaying the write-ahead log");
         for chunk in replay.chunks(MAX_BATCH) {
-            sm.apply(chunk)?;
+            let mut commands = Vec::with_capacity(chunk.len());
+            for e in chunk {
+                // A single member writes only commands.
+                if e.kind != EntryKind::Command {
+                    continue;
+                }
+                let cmd =
+                    Command::decode(e.payload.as_slice()).map_err(|err| RecoverError::Entry {
+                        index: e.id.index,
+                        reason: err.to_string(),
+                    })?;
+                commands.push((e.id.index, cmd));
+            }
+            sm.apply(&commands)?;
             // As after any batch: a replayed compaction's records go now.
             sm.finish_sweep()?;
         }
         let started = Instant::now();
         let upto = sm.checkpoint()?;
         tracing::debug!(upto, took = ?started.elapsed(), "checkpoint");
-        wal.release(upto)?;
+        log.release(upto)?;
     }
-    Ok(wal)
+    Ok(log)
 }

@@ -6,11 +6,11 @@
 //! moved rather than as noise in a throughput run:
 //!
 //! - `put_apply`: batches of 1 and 100 puts (16-byte keys drawn at random
-//!   from 100k, 256-byte values), three ways. The node's writer appends a
-//!   batch to the write-ahead log (`wal_append`: one write, one
-//!   `fdatasync`) and then applies it with a storage commit that is not
-//!   synced (`logged`, [`Store::apply_logged`]); so a batch costs about
-//!   the sum of those two. `durable` is [`Store::apply_batch`], which syncs
+//!   from 100k, 256-byte values), two ways. The node's writer appends a
+//!   batch to the write-ahead log (`roster-raft`'s bench `log::append`:
+//!   one write, one `fdatasync`) and then applies it with a storage commit
+//!   that is not synced (`logged`, [`Store::apply_logged`]); so a batch
+//!   costs about the sum of those two. `durable` is [`Store::apply_batch`], which syncs
 //!   redb itself for every batch, as the writer did before the log. A
 //!   batch of 100 shows what group commit buys per put.
 //! - `index`: the in-memory [`KeyIndex`] alone, no storage: building it from
@@ -163,7 +163,6 @@ fn version(main: i64) -> Version {
 
 mod put_apply {
     use super::*;
-    use roster_store::wal::Wal;
 
     /// Batches of `size` puts to random keys, numbered from log index 1.
     fn batches(size: usize) -> impl FnMut() -> Vec<(u64, Command)> {
@@ -198,19 +197,6 @@ mod put_apply {
     #[divan::bench(args = [1, 100], sample_count = 100, max_time = 10)]
     fn logged(bencher: Bencher, size: usize) {
         bench_apply(bencher, size, Commit::Logged);
-    }
-
-    /// The writer's durable step: encode, write and `fdatasync` a batch.
-    #[divan::bench(args = [1, 100], sample_count = 50, max_time = 10)]
-    fn wal_append(bencher: Bencher, size: usize) {
-        let dir = tempfile::tempdir().expect("create a temporary directory");
-        let (mut wal, _) = Wal::open(dir.path(), 0).expect("open a fresh log");
-        assert_eq!(wal.next_index(), 1, "batches() numbers from 1");
-        bencher
-            .counter(ItemsCount::new(size))
-            .with_inputs(batches(size))
-            .bench_local_refs(|batch| wal.append(batch).expect("append to the log"));
-        assert!(wal.next_index() > 1, "nothing was appended");
     }
 }
 

@@ -31,8 +31,6 @@
 //! - [`apply`]: the write commands.
 //! - [`snapshot`]: the durable state as one stream of bytes, and a new
 //!   database made from one.
-//! - [`wal`]: the write-ahead log that makes a batch durable before it is
-//!   applied, so the store itself needs an fsync only at checkpoints.
 //! - `store`: the [`Store`] that ties them together and guards concurrency;
 //!   `store::checkpoint` writes the pending writes out beside new batches.
 //!
@@ -48,7 +46,6 @@ mod pending;
 pub mod read;
 pub mod snapshot;
 mod store;
-pub mod wal;
 
 pub use error::StoreError;
 pub use index::Revision;

@@ -329,7 +329,7 @@ impl Store {
     }
 
     /// Applies `commands` like [`Store::apply_batch`], for a caller that has
-    /// already made them durable in a log (see [`crate::wal`]): their
+    /// already made them durable in a log (`roster-raft`'s): their
     /// records stay pending in memory, readable, and reach storage (and
     /// survive a crash) only when a later [`Store::checkpoint`] writes them
     /// out. The batch is published to readers at once: its durability is

@@ -1,10 +1,11 @@
 //! Replaying the write-ahead log at start: what the store did not durably
 //! hold is applied again, compactions included.
 
+use prost::Message;
 use roster_proto::etcdserverpb::{CompactionRequest, PutRequest};
+use roster_raft::{EntryKind, Log, LogId, Record};
 use roster_server::node::{DB_FILE, WAL_DIR};
 use roster_server::{Config, Node};
-use roster_store::wal::Wal;
 use roster_store::{Command, CommandKind, Store};
 
 fn put(key: &str, value: &str) -> Command {
@@ -26,7 +27,7 @@ fn a_replayed_compaction_removes_its_records_at_once() {
     let wal_dir = dir.path().join(WAL_DIR);
     {
         let store = Store::open(&dir.path().join(DB_FILE)).unwrap();
-        let (mut wal, replay) = Wal::open(&wal_dir, store.applied_index()).unwrap();
+        let (mut log, replay) = Log::open(&wal_dir, store.applied_index()).unwrap();
         assert!(replay.is_empty());
         let compact = Command {
             kind: Some(CommandKind::Compact(CompactionRequest {
@@ -34,13 +35,28 @@ fn a_replayed_compaction_removes_its_records_at_once() {
                 physical: true,
             })),
         };
-        let entries = vec![
+        let entries = [
             (1, put("k", "a")),
             (2, put("k", "b")),
             (3, put("k", "c")),
             (4, compact),
         ];
-        wal.append(&entries).unwrap();
+        let payloads: Vec<(u64, Vec<u8>)> = entries
+            .iter()
+            .map(|(i, c)| (*i, c.encode_to_vec()))
+            .collect();
+        let records: Vec<Record<'_>> = payloads
+            .iter()
+            .map(|(index, payload)| Record {
+                id: LogId {
+                    term: 2,
+                    index: *index,
+                },
+                kind: EntryKind::Command,
+                payload,
+            })
+            .collect();
+        log.append(&records).unwrap();
         assert_eq!(store.record_count().unwrap(), 0);
     }
 
