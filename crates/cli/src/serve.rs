@@ -34,6 +34,11 @@ pub struct ServeArgs {
     /// Most compares, or operations per branch, in one txn.
     #[arg(long, default_value_t = DEFAULT_MAX_TXN_OPS)]
     max_txn_ops: usize,
+    /// Space the store may use before writes that take more are refused
+    /// and the NOSPACE alarm is raised, in bytes; 0 means the default,
+    /// 2 GiB.
+    #[arg(long, default_value_t = 0)]
+    quota_backend_bytes: u64,
     /// How often idle watchers that asked for progress notices get one
     /// (e.g. `10m`, `30s`, `500ms`).
     #[arg(long, default_value = "10m", value_parser = parse_duration)]
@@ -93,6 +98,7 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
         config.advertise_peer_urls = args.initial_advertise_peer_urls;
         config.max_request_bytes = args.max_request_bytes;
         config.max_txn_ops = args.max_txn_ops;
+        config.quota_backend_bytes = args.quota_backend_bytes;
         config.watch_progress_notify_interval = args.experimental_watch_progress_notify_interval;
         let node = Node::open(config).map_err(|e| e.to_string())?;
         for l in &listeners {

@@ -6,6 +6,8 @@ use std::path::PathBuf;
 pub const DEFAULT_MAX_REQUEST_BYTES: usize = 1536 * 1024;
 /// Default for `--max-txn-ops`, as in etcd.
 pub const DEFAULT_MAX_TXN_OPS: usize = 128;
+/// Default for `--quota-backend-bytes`, as in etcd: 2 GiB.
+pub const DEFAULT_QUOTA_BACKEND_BYTES: u64 = 2 << 30;
 /// Default progress notice interval for idle watchers, as in etcd.
 pub const DEFAULT_PROGRESS_NOTIFY_INTERVAL: std::time::Duration =
     std::time::Duration::from_secs(600);
@@ -32,6 +34,9 @@ pub struct Config {
     pub max_txn_ops: usize,
     /// How often idle watchers that asked for progress notices get one.
     pub watch_progress_notify_interval: std::time::Duration,
+    /// Space the store may use before writes that take more are refused
+    /// and NOSPACE is raised; 0 means the default, as in etcd.
+    pub quota_backend_bytes: u64,
 }
 
 impl Config {
@@ -45,6 +50,16 @@ impl Config {
             max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
             max_txn_ops: DEFAULT_MAX_TXN_OPS,
             watch_progress_notify_interval: DEFAULT_PROGRESS_NOTIFY_INTERVAL,
+            quota_backend_bytes: 0,
+        }
+    }
+
+    /// The space quota in force: `quota_backend_bytes`, or the default
+    /// for 0.
+    pub fn quota(&self) -> u64 {
+        match self.quota_backend_bytes {
+            0 => DEFAULT_QUOTA_BACKEND_BYTES,
+            n => n,
         }
     }
 }

@@ -71,6 +71,10 @@ impl From<ServerError> for Status {
                 Code::OutOfRange,
                 "etcdserver: mvcc: required revision is a future revision",
             ),
+            E::Store(S::NoSpace) => (
+                Code::ResourceExhausted,
+                "etcdserver: mvcc: database space exceeded",
+            ),
             E::Store(S::KeyNotFound) | E::EmptyOp => {
                 (Code::InvalidArgument, "etcdserver: key not found")
             }

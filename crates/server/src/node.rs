@@ -9,8 +9,11 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use roster_proto::etcdserverpb::ResponseHeader;
-use roster_store::{Command, CommandKind, CommandResponse, Store};
+use roster_proto::etcdserverpb::{
+    alarm_request::AlarmAction, request_op, AlarmRequest, AlarmType, RequestOp, ResponseHeader,
+    TxnRequest,
+};
+use roster_store::{Command, CommandKind, CommandResponse, Store, StoreError};
 use tokio::sync::Notify;
 
 use crate::coalesce::Backlog;
@@ -206,6 +209,9 @@ impl Node {
 
     /// Proposes a write and waits for its outcome.
     pub async fn propose(&self, kind: CommandKind) -> Result<CommandResponse, ServerError> {
+        if let Some(cost) = space_cost(&kind) {
+            self.check_quota(cost).await?;
+        }
         let outcome = self.consensus.propose(Command { kind: Some(kind) }).await?;
         let response = outcome.response?;
         if let Some(settled) = outcome.settled {
@@ -213,6 +219,31 @@ impl Node {
             settled.await.map_err(|_| ServerError::Stopped)?;
         }
         Ok(response)
+    }
+
+    /// Refuses a write of `cost` bytes that would take the store past
+    /// its quota, raising NOSPACE first as etcd does: from then on every
+    /// member refuses what takes space, in apply, until it is cleared.
+    /// The check itself reads this member's own size, so it only decides
+    /// whether to propose; what apply refuses is decided from the alarm.
+    async fn check_quota(&self, cost: u64) -> Result<(), ServerError> {
+        if self.store.used_bytes() + cost <= self.config.quota() {
+            return Ok(());
+        }
+        if self.store.alarms(AlarmType::Nospace as i32).is_empty() {
+            let raise = AlarmRequest {
+                action: AlarmAction::Activate as i32,
+                member_id: self.member_id,
+                alarm: AlarmType::Nospace as i32,
+            };
+            let cmd = Command {
+                kind: Some(CommandKind::Alarm(raise)),
+            };
+            if let Err(e) = self.consensus.propose(cmd).await {
+                tracing::warn!("raising NOSPACE: {e}");
+            }
+        }
+        Err(StoreError::NoSpace.into())
     }
 
     /// Refuses requests above the configured size.
@@ -226,5 +257,36 @@ impl Node {
     /// Stops the write path after the RPC layer has drained. Blocks.
     pub fn stop(&self) {
         self.consensus.stop();
+    }
+}
+
+/// What a put costs against the quota, as etcd reckons it: its key and
+/// value and a fixed overhead.
+const KV_OVERHEAD: u64 = 256;
+/// What a lease grant costs against the quota.
+const LEASE_OVERHEAD: u64 = 64;
+
+/// The space a write may take, for the quota check; `None` for writes
+/// that are never refused for space. A txn costs its costlier branch
+/// (nested txns counted in).
+fn space_cost(kind: &CommandKind) -> Option<u64> {
+    fn txn(t: &TxnRequest) -> u64 {
+        let branch = |ops: &[RequestOp]| ops.iter().map(op).sum::<u64>();
+        branch(&t.success).max(branch(&t.failure))
+    }
+    fn op(o: &RequestOp) -> u64 {
+        match &o.request {
+            Some(request_op::Request::RequestPut(p)) => {
+                KV_OVERHEAD + (p.key.len() + p.value.len()) as u64
+            }
+            Some(request_op::Request::RequestTxn(t)) => txn(t),
+            _ => 0,
+        }
+    }
+    match kind {
+        CommandKind::Put(p) => Some(KV_OVERHEAD + (p.key.len() + p.value.len()) as u64),
+        CommandKind::Txn(t) if roster_store::takes_space(kind) => Some(txn(t)),
+        CommandKind::LeaseGrant(_) => Some(LEASE_OVERHEAD),
+        _ => None,
     }
 }

@@ -4,6 +4,8 @@
 //!   A record is one tag byte (`PUT` or `TOMBSTONE`) followed by the
 //!   protobuf-encoded `mvccpb.KeyValue`. For a tombstone the `KeyValue` holds
 //!   only the key and its delete revision.
+//! - `alarms`: the raised alarms, (member id, `etcdserverpb.AlarmType`)
+//!   → 0. Alarms are state machine state: raised and cleared by commands.
 //! - `meta`: named `u64` counters: the current and compacted revision, the
 //!   applied log index, and whatever node identity the server keeps here.
 //!
@@ -20,6 +22,8 @@ use crate::index::Revision;
 
 /// Revision-ordered records of every retained version.
 pub const KV: TableDefinition<u128, &[u8]> = TableDefinition::new("kv");
+/// Raised alarms: (member id, alarm type).
+pub const ALARMS: TableDefinition<(u64, i32), u8> = TableDefinition::new("alarms");
 /// Named counters.
 pub const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 

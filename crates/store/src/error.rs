@@ -22,6 +22,10 @@ pub enum StoreError {
     /// A lease with the requested id already exists.
     #[error("lease already exists")]
     LeaseExists,
+    /// A write that would take space while the NOSPACE alarm is raised,
+    /// or that the quota refused before it was proposed.
+    #[error("mvcc: database space exceeded")]
+    NoSpace,
     /// The request was malformed in a way validation should have caught.
     #[error("invalid request: {0}")]
     Invalid(&'static str),

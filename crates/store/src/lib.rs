@@ -39,6 +39,7 @@
 
 pub mod apply;
 pub mod backend;
+pub mod crc32c;
 pub mod error;
 pub mod index;
 pub mod lease;
@@ -50,4 +51,7 @@ mod store;
 pub use error::StoreError;
 pub use index::Revision;
 pub use roster_proto::roster::{command::Kind as CommandKind, Command};
-pub use store::{Applied, CommandResponse, RangeScan, Store, Swept, TxnScan, SWEEP_BATCH};
+pub use store::{
+    takes_space, Applied, CommandResponse, DbHash, KvHash, RangeScan, Store, Swept, TxnScan,
+    SWEEP_BATCH,
+};

@@ -41,12 +41,24 @@ use crate::index::Revision;
 pub struct Pending {
     records: BTreeMap<u128, Vec<u8>>,
     leases: BTreeMap<i64, Option<Vec<u8>>>,
+    /// What the records take: revision key and encoded record, summed.
+    bytes: u64,
+}
+
+/// The bytes a record takes in storage: its revision key and its value.
+pub fn record_bytes(record: &[u8]) -> u64 {
+    16 + record.len() as u64
 }
 
 impl Pending {
     /// Number of pending records.
     pub fn len(&self) -> usize {
         self.records.len()
+    }
+
+    /// The bytes the pending records take (see [`record_bytes`]).
+    pub fn bytes(&self) -> u64 {
+        self.bytes
     }
 
     /// The encoded record at `rev`, if it is pending.
@@ -68,7 +80,13 @@ impl Pending {
 
     /// Drops the record at `rev` (compacted); false if it was not pending.
     pub fn remove_record(&mut self, rev: Revision) -> bool {
-        self.records.remove(&rev.to_u128()).is_some()
+        match self.records.remove(&rev.to_u128()) {
+            Some(old) => {
+                self.bytes -= record_bytes(&old);
+                true
+            }
+            None => false,
+        }
     }
 
     /// The lease rows to write: `Some` to store, `None` to delete.
@@ -136,7 +154,10 @@ pub struct PendingWriter<'a, T> {
 impl<T> PendingWriter<'_, T> {
     /// Stores the encoded record at `rev`.
     pub fn insert_record(&mut self, rev: Revision, record: Vec<u8>) {
-        self.pending.records.insert(rev.to_u128(), record);
+        self.pending.bytes += record_bytes(&record);
+        if let Some(old) = self.pending.records.insert(rev.to_u128(), record) {
+            self.pending.bytes -= record_bytes(&old);
+        }
     }
 
     /// Stores the encoded lease `id`.

@@ -1,7 +1,7 @@
 //! Snapshots: the store's durable state as one stream of bytes, and back.
 //!
 //! A snapshot is what a member needs to become this store: every stored
-//! record (history above the compaction included), every lease, and the
+//! record (history above the compaction included), every lease, the raised alarms and the
 //! counters that place them (current and compacted revision, applied log
 //! index). Node identity (cluster and member ids, term) is not part of it:
 //! a restored data directory is a new member.
@@ -27,10 +27,10 @@ use std::fs::File;
 use std::io::{BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 
-use redb::{Database, Durability, ReadTransaction, ReadableDatabase};
+use redb::{Database, Durability, ReadTransaction, ReadableDatabase, ReadableTable};
 use sha2::{Digest, Sha256};
 
-use crate::backend::{KV, META, META_APPLIED_INDEX, META_COMPACT_REV, META_CURRENT_REV};
+use crate::backend::{ALARMS, KV, META, META_APPLIED_INDEX, META_COMPACT_REV, META_CURRENT_REV};
 use crate::error::StoreError;
 use crate::lease::LEASES;
 use crate::store::Store;
@@ -50,6 +50,7 @@ pub const CARRIED_META: &[&str] = &[META_CURRENT_REV, META_COMPACT_REV, META_APP
 const TAG_META: u8 = 1;
 const TAG_KV: u8 = 2;
 const TAG_LEASE: u8 = 3;
+const TAG_ALARM: u8 = 4;
 const TAG_END: u8 = 0xff;
 /// Records written per redb transaction while restoring.
 const RESTORE_BATCH: usize = 10_000;
@@ -180,6 +181,16 @@ impl SnapshotWriter {
                             );
                             self.frames += 1;
                         }
+                    }
+                    for item in self.tx.open_table(ALARMS)?.iter()? {
+                        let (key, _) = item?;
+                        let (member, alarm) = key.value();
+                        frame(
+                            out,
+                            TAG_ALARM,
+                            &[&member.to_le_bytes(), &alarm.to_le_bytes()],
+                        );
+                        self.frames += 1;
                     }
                     self.stage = Stage::Kv(None);
                 }
@@ -438,6 +449,17 @@ fn write_db(r: &mut impl Read, path: &Path) -> Result<Restored, Written> {
                     .insert(id, &payload[8..])
                     .map_err(st)?;
                 out.leases += 1;
+            }
+            TAG_ALARM => {
+                if payload.len() != 12 {
+                    return Err(bad("alarm"));
+                }
+                let member = u64::from_le_bytes(payload[..8].try_into().expect("8 bytes"));
+                let alarm = i32::from_le_bytes(payload[8..].try_into().expect("4 bytes"));
+                tx.open_table(ALARMS)
+                    .map_err(st)?
+                    .insert((member, alarm), 0)
+                    .map_err(st)?;
             }
             TAG_END => {
                 if payload.len() != 8 {

@@ -27,6 +27,7 @@
 //!   index before a drop opened its read transaction before it too, so the
 //!   records it may ask for are still in its snapshot.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -35,11 +36,14 @@ use parking_lot::{Mutex, RwLock};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata};
 
 mod checkpoint;
+mod hash;
 mod scan;
 use checkpoint::Frozen;
+pub use hash::{DbHash, KvHash};
 use roster_proto::etcdserverpb::{
+    alarm_request::AlarmAction, AlarmMember, AlarmRequest, AlarmResponse, AlarmType,
     CompactionResponse, DeleteRangeResponse, LeaseCheckpointResponse, LeaseGrantResponse,
-    LeaseRevokeResponse, PutResponse, TxnResponse,
+    LeaseRevokeResponse, PutResponse, RequestOp, ResponseHeader, TxnRequest, TxnResponse,
 };
 use roster_proto::mvccpb::{event::EventType, Event, KeyValue};
 use roster_proto::roster::{command::Kind, Command};
@@ -47,12 +51,12 @@ pub use scan::{RangeScan, TxnScan};
 
 use crate::apply::WriteTxn;
 use crate::backend::{
-    decode, LazyKv, KV, META, META_APPLIED_INDEX, META_COMPACT_REV, META_CURRENT_REV,
+    decode, LazyKv, ALARMS, KV, META, META_APPLIED_INDEX, META_COMPACT_REV, META_CURRENT_REV,
 };
 use crate::error::StoreError;
 use crate::index::{KeyIndex, KeyRange, Revision, Version};
 use crate::lease::{Lease, LeaseTable, LEASES};
-use crate::pending::{Layered, Pending};
+use crate::pending::{record_bytes, Layered, Pending};
 use crate::read::View;
 
 /// The revision of an empty store, as in etcd: the first write makes 2.
@@ -140,6 +144,8 @@ pub enum CommandResponse {
     LeaseRevoke(LeaseRevokeResponse),
     /// Answer to a LeaseCheckpoint.
     LeaseCheckpoint(LeaseCheckpointResponse),
+    /// Answer to an Alarm.
+    Alarm(AlarmResponse),
 }
 
 /// What applying one command produced.
@@ -168,6 +174,10 @@ struct State {
     frozen: Option<Arc<Frozen>>,
     /// A compaction's pass over the index, when one is under way.
     pruning: Option<Pruning>,
+    /// Raised alarms: (member id, `AlarmType`).
+    alarms: BTreeSet<(u64, i32)>,
+    /// The alarms changed since the last checkpoint set writes aside.
+    alarms_dirty: bool,
 }
 
 /// The MVCC key-value store. Cheap to share behind an `Arc`.
@@ -199,6 +209,9 @@ pub struct Store {
     scan_chunk: usize,
     /// [`PRUNE_CHUNK`]; tests make it small.
     prune_chunk: usize,
+    /// Bytes of the records in redb (see [`crate::pending::record_bytes`]):
+    /// with the pending ones, the space in use.
+    stored_bytes: AtomicU64,
 }
 
 impl Store {
@@ -208,8 +221,13 @@ impl Store {
             .set_cache_size(CACHE_BYTES)
             .create(path)?;
         let tx = db.begin_write()?;
+        let mut stored_bytes = 0;
+        let mut alarms = BTreeSet::new();
         let (index, leases, current, compact, applied_index) = {
             let kv = tx.open_table(KV)?;
+            for item in tx.open_table(ALARMS)?.iter()? {
+                alarms.insert(item?.0.value());
+            }
             let meta = tx.open_table(META)?;
             let lease_rows = tx.open_table(LEASES)?;
             let get = |k: &str| -> Result<Option<u64>, StoreError> {
@@ -224,6 +242,7 @@ impl Store {
             for item in kv.iter()? {
                 let (rev, rec) = item?;
                 let rev = Revision::from_u128(rev.value());
+                stored_bytes += record_bytes(rec.value());
                 let (kv, tombstone) = decode(rec.value())?;
                 index.push(
                     &kv.key,
@@ -267,6 +286,8 @@ impl Store {
                 pending: Pending::default(),
                 frozen: None,
                 pruning: None,
+                alarms,
+                alarms_dirty: false,
             }),
             garbage: Mutex::new(garbage),
             published: AtomicI64::new(current),
@@ -275,6 +296,7 @@ impl Store {
             checkpointing: Mutex::new(()),
             scan_chunk: scan::SCAN_CHUNK,
             prune_chunk: PRUNE_CHUNK,
+            stored_bytes: AtomicU64::new(stored_bytes),
         };
         store.finish_compaction()?;
         Ok(store)
@@ -353,6 +375,29 @@ impl Store {
             let mut st = self.state.write();
             let st = &mut *st;
             for (log_index, cmd) in commands {
+                // Decided from applied state alone, so every member
+                // answers alike.
+                let early = match &cmd.kind {
+                    // The NOSPACE alarm caps the store: what would take
+                    // space is refused, as etcd's capped applier does.
+                    Some(kind) if takes_space(kind) && has_nospace(&st.alarms) => {
+                        Some(Err(StoreError::NoSpace))
+                    }
+                    Some(Kind::Alarm(a)) => {
+                        let (resp, changed) = apply_alarm(&mut st.alarms, a, st.applied_rev);
+                        st.alarms_dirty |= changed;
+                        Some(Ok(CommandResponse::Alarm(resp)))
+                    }
+                    _ => None,
+                };
+                if let Some(response) = early {
+                    st.applied_index = st.applied_index.max(*log_index);
+                    out.push(Applied {
+                        response,
+                        events: Vec::new(),
+                    });
+                    continue;
+                }
                 let mut w = WriteTxn::new(
                     &mut st.index,
                     st.pending
@@ -375,6 +420,7 @@ impl Store {
                     Some(Kind::LeaseCheckpoint(c)) => {
                         w.lease_checkpoint(c).map(CommandResponse::LeaseCheckpoint)
                     }
+                    Some(Kind::Alarm(_)) => unreachable!("applied above"),
                     None => Err(StoreError::Invalid("empty command")),
                 };
                 if let Err(e) = &response {
@@ -484,13 +530,17 @@ impl Store {
             // redoes it.
             let mut tx = self.db.begin_write()?;
             tx.set_durability(Durability::None)?;
+            let mut freed = 0;
             {
                 let mut kv = tx.open_table(KV)?;
                 for rev in garbage {
-                    kv.remove(rev.to_u128())?;
+                    if let Some(old) = kv.remove(rev.to_u128())? {
+                        freed += record_bytes(old.value());
+                    }
                 }
             }
             tx.commit()?;
+            self.stored_bytes.fetch_sub(freed, Ordering::AcqRel);
         }
         Ok(Swept {
             pruned,
@@ -697,6 +747,26 @@ impl Store {
         Ok(tx.open_table(KV)?.len()? + pending)
     }
 
+    /// The raised alarms of type `alarm` (all of them for `NONE`), as
+    /// etcd lists them: by member id, then type.
+    pub fn alarms(&self, alarm: i32) -> Vec<AlarmMember> {
+        let st = self.state.read();
+        st.alarms
+            .iter()
+            .filter(|(_, a)| alarm == AlarmType::None as i32 || *a == alarm)
+            .map(|&(member_id, alarm)| AlarmMember { member_id, alarm })
+            .collect()
+    }
+
+    /// The bytes of records in use, stored and pending: each record's
+    /// revision key and encoded value, without redb's page overhead. What
+    /// compactions passed stops counting once swept.
+    pub fn used_bytes(&self) -> u64 {
+        let st = self.state.read();
+        let held = st.pending.bytes() + st.frozen.as_ref().map_or(0, |f| f.writes().bytes());
+        self.stored_bytes.load(Ordering::Acquire) + held
+    }
+
     /// Reads a named counter kept beside the data (node identity and such).
     pub fn meta(&self, name: &str) -> Result<Option<u64>, StoreError> {
         let tx = self.db.begin_read()?;
@@ -711,6 +781,76 @@ impl Store {
         tx.commit()?;
         Ok(())
     }
+}
+
+/// Whether `kind` would take space: refused while NOSPACE is raised, as
+/// etcd's capped applier does (Put, a Txn with a put on either branch,
+/// nested ones included, and LeaseGrant).
+pub fn takes_space(kind: &Kind) -> bool {
+    fn txn_puts(t: &TxnRequest) -> bool {
+        t.success.iter().chain(&t.failure).any(op_puts)
+    }
+    fn op_puts(op: &RequestOp) -> bool {
+        use roster_proto::etcdserverpb::request_op::Request;
+        match &op.request {
+            Some(Request::RequestPut(_)) => true,
+            Some(Request::RequestTxn(t)) => txn_puts(t),
+            _ => false,
+        }
+    }
+    match kind {
+        Kind::Put(_) | Kind::LeaseGrant(_) => true,
+        Kind::Txn(t) => txn_puts(t),
+        _ => false,
+    }
+}
+
+fn has_nospace(alarms: &BTreeSet<(u64, i32)>) -> bool {
+    alarms.iter().any(|(_, a)| *a == AlarmType::Nospace as i32)
+}
+
+/// Applies an alarm command as etcd does: ACTIVATE answers the alarm
+/// (raised now or before), DEACTIVATE the one it cleared (none if it was
+/// not raised), GET those of the type asked (all for `NONE`). Returns
+/// whether the set changed.
+fn apply_alarm(
+    alarms: &mut BTreeSet<(u64, i32)>,
+    a: &AlarmRequest,
+    rev: i64,
+) -> (AlarmResponse, bool) {
+    let member = AlarmMember {
+        member_id: a.member_id,
+        alarm: a.alarm,
+    };
+    let (list, changed) = match AlarmAction::try_from(a.action) {
+        Ok(AlarmAction::Activate) => {
+            let changed = alarms.insert((a.member_id, a.alarm));
+            (vec![member], changed)
+        }
+        Ok(AlarmAction::Deactivate) => {
+            if alarms.remove(&(a.member_id, a.alarm)) {
+                (vec![member], true)
+            } else {
+                (vec![], false)
+            }
+        }
+        _ => {
+            let list = alarms
+                .iter()
+                .filter(|(_, t)| a.alarm == AlarmType::None as i32 || *t == a.alarm)
+                .map(|&(member_id, alarm)| AlarmMember { member_id, alarm })
+                .collect();
+            (list, false)
+        }
+    };
+    let resp = AlarmResponse {
+        header: Some(ResponseHeader {
+            revision: rev,
+            ..Default::default()
+        }),
+        alarms: list,
+    };
+    (resp, changed)
 }
 
 #[cfg(test)]

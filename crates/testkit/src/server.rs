@@ -27,6 +27,8 @@ pub enum Setting {
     MaxRequestBytes(usize),
     /// `--experimental-watch-progress-notify-interval`.
     ProgressNotifyInterval(Duration),
+    /// `--quota-backend-bytes`.
+    QuotaBackendBytes(u64),
 }
 
 impl Setting {
@@ -35,6 +37,7 @@ impl Setting {
             Setting::MaxTxnOps(n) => config.max_txn_ops = n,
             Setting::MaxRequestBytes(n) => config.max_request_bytes = n,
             Setting::ProgressNotifyInterval(d) => config.watch_progress_notify_interval = d,
+            Setting::QuotaBackendBytes(n) => config.quota_backend_bytes = n,
         }
     }
 
@@ -46,6 +49,7 @@ impl Setting {
                 "--experimental-watch-progress-notify-interval={}ms",
                 d.as_millis()
             ),
+            Setting::QuotaBackendBytes(n) => format!("--quota-backend-bytes={n}"),
         }
     }
 }

@@ -1,26 +1,33 @@
 //! `etcdserverpb.Maintenance`: what a single node can answer.
 //!
-//! Status and Alarm are served (so `etcdctl endpoint status` and
-//! `alarm list` work); Defragment is accepted and does nothing, since redb
-//! reuses freed pages itself. Snapshot streams the store's snapshot
-//! (`roster_store::snapshot`) followed by its SHA-256, as etcd does, so
-//! `etcdctl snapshot save` works and `roster snapshot restore` takes the
-//! file. The rest answer `Unimplemented` until their issue comes.
+//! Status, Alarm, Hash, HashKV and Snapshot are served; Defragment is
+//! accepted and does nothing, since redb reuses freed pages itself. The
+//! rest answer `Unimplemented` until their issue comes.
+//!
+//! Alarms are state machine state: ACTIVATE and DEACTIVATE go through the
+//! log (with the request's member id, as etcd), GET reads what is applied.
+//! Hash and HashKV checkpoint and scan storage, so they run on a blocking
+//! thread. Snapshot streams the store's snapshot (`roster_store::snapshot`)
+//! followed by its SHA-256, as etcd does, so `etcdctl snapshot save` works
+//! and `roster snapshot restore` takes the file.
 
 use std::pin::Pin;
 use std::sync::Arc;
 
 use roster_proto::etcdserverpb::maintenance_server::Maintenance;
 use roster_proto::etcdserverpb::{
-    AlarmRequest, AlarmResponse, DefragmentRequest, DefragmentResponse, DowngradeRequest,
-    DowngradeResponse, HashKvRequest, HashKvResponse, HashRequest, HashResponse, MoveLeaderRequest,
-    MoveLeaderResponse, SnapshotRequest, SnapshotResponse, StatusRequest, StatusResponse,
+    alarm_request::AlarmAction, AlarmMember, AlarmRequest, AlarmResponse, AlarmType,
+    DefragmentRequest, DefragmentResponse, DowngradeRequest, DowngradeResponse, HashKvRequest,
+    HashKvResponse, HashRequest, HashResponse, MoveLeaderRequest, MoveLeaderResponse,
+    SnapshotRequest, SnapshotResponse, StatusRequest, StatusResponse,
 };
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc::Sender;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
 use tonic::{Request, Status};
+
+use roster_store::{CommandKind, CommandResponse, StoreError};
 
 use super::{reply, Reply};
 use crate::error::ServerError;
@@ -45,19 +52,46 @@ type SnapshotStream = Pin<Box<dyn Stream<Item = Result<SnapshotResponse, Status>
 
 #[tonic::async_trait]
 impl Maintenance for MaintenanceService {
-    async fn alarm(&self, _req: Request<AlarmRequest>) -> Reply<AlarmResponse> {
-        // No alarm is ever raised on this node yet, so the list is empty and
-        // activating or deactivating changes nothing.
-        reply(Ok(AlarmResponse {
-            header: self.node.header(0),
-            alarms: vec![],
-        }))
+    async fn alarm(&self, req: Request<AlarmRequest>) -> Reply<AlarmResponse> {
+        let r = req.into_inner();
+        let n = &self.node;
+        reply(
+            async {
+                match AlarmAction::try_from(r.action) {
+                    Ok(AlarmAction::Activate | AlarmAction::Deactivate) => {
+                        match n.propose(CommandKind::Alarm(r)).await? {
+                            CommandResponse::Alarm(mut resp) => {
+                                n.fill(&mut resp.header);
+                                Ok(resp)
+                            }
+                            other => unreachable!("store answered {other:?} to an Alarm"),
+                        }
+                    }
+                    // GET, and an action etcd does not know, which it
+                    // answers with nothing.
+                    action => Ok(AlarmResponse {
+                        header: n.header(0),
+                        alarms: match action {
+                            Ok(AlarmAction::Get) => n.store.alarms(r.alarm),
+                            _ => vec![],
+                        },
+                    }),
+                }
+            }
+            .await,
+        )
     }
 
     async fn status(&self, _req: Request<StatusRequest>) -> Reply<StatusResponse> {
         let n = &self.node;
         let st = n.status();
         let size = n.db_size() as i64;
+        let errors = n
+            .store
+            .alarms(AlarmType::None as i32)
+            .iter()
+            .map(alarm_text)
+            .collect();
         reply(Ok(StatusResponse {
             header: n.header(0),
             version: API_VERSION.into(),
@@ -66,8 +100,10 @@ impl Maintenance for MaintenanceService {
             raft_index: st.commit_index,
             raft_term: st.term,
             raft_applied_index: st.applied_index,
-            errors: vec![],
-            db_size_in_use: size,
+            errors,
+            // Record bytes in use (see `Store::used_bytes`), never above
+            // the file's size.
+            db_size_in_use: (n.store.used_bytes() as i64).min(size),
             is_learner: false,
         }))
     }
@@ -79,11 +115,23 @@ impl Maintenance for MaintenanceService {
     }
 
     async fn hash(&self, _req: Request<HashRequest>) -> Reply<HashResponse> {
-        reply(Err(ServerError::Unsupported("Hash")))
+        let store = self.node.store.clone();
+        let hashed = blocking(move || store.hash()).await;
+        reply(hashed.map(|h| HashResponse {
+            header: self.node.header(h.revision),
+            hash: h.hash,
+        }))
     }
 
-    async fn hash_kv(&self, _req: Request<HashKvRequest>) -> Reply<HashKvResponse> {
-        reply(Err(ServerError::Unsupported("HashKV")))
+    async fn hash_kv(&self, req: Request<HashKvRequest>) -> Reply<HashKvResponse> {
+        let rev = req.into_inner().revision;
+        let store = self.node.store.clone();
+        let hashed = blocking(move || store.hash_kv(rev)).await;
+        reply(hashed.map(|h| HashKvResponse {
+            header: self.node.header(h.revision),
+            hash: h.hash,
+            compact_revision: h.compact_revision,
+        }))
     }
 
     type SnapshotStream = SnapshotStream;
@@ -150,4 +198,21 @@ fn stream_snapshot(node: &Node, tx: &Sender<Result<SnapshotResponse, Status>>) {
         remaining_bytes: 0,
         blob: hasher.finalize().to_vec(),
     }));
+}
+
+/// An alarm as etcd's Status lists it: the protobuf text of its
+/// `AlarmMember`, trailing space included (`memberID:1 alarm:NOSPACE `).
+fn alarm_text(m: &AlarmMember) -> String {
+    let name = AlarmType::try_from(m.alarm).map_or("NONE", |a| a.as_str_name());
+    format!("memberID:{} alarm:{name} ", m.member_id)
+}
+
+/// Runs a storage scan off the runtime's workers.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, ServerError> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r.map_err(ServerError::from),
+        Err(_) => Err(ServerError::Stopped),
+    }
 }

@@ -1,4 +1,7 @@
-use roster_proto::etcdserverpb::{CompactionRequest, LeaseGrantRequest, PutRequest, RangeRequest};
+use roster_proto::etcdserverpb::{
+    alarm_request::AlarmAction, AlarmRequest, AlarmType, CompactionRequest, LeaseGrantRequest,
+    PutRequest, RangeRequest,
+};
 use roster_proto::roster::{command::Kind, Command};
 
 use super::*;
@@ -28,6 +31,11 @@ fn store_with_history(dir: &Path) -> Store {
         cmds.push(put(&format!("k{:03}", i % 50), &format!("v{i}"), 0));
     }
     cmds.push(put("leased", "x", 9));
+    cmds.push(command(Kind::Alarm(AlarmRequest {
+        action: AlarmAction::Activate as i32,
+        member_id: 5,
+        alarm: AlarmType::Corrupt as i32,
+    })));
     cmds.push(command(Kind::Compact(CompactionRequest {
         revision: 200,
         physical: false,
@@ -82,6 +90,8 @@ fn a_restored_store_has_the_same_keys_history_and_leases() {
         assert_eq!(all_keys(&again, rev), all_keys(&store, rev), "at {rev}");
     }
     assert_eq!(again.leases(), store.leases());
+    assert_eq!(again.alarms(AlarmType::None as i32).len(), 1);
+    assert_eq!(again.alarms(0), store.alarms(0));
     assert!(
         again
             .range(&RangeRequest {

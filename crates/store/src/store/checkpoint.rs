@@ -26,10 +26,10 @@ use std::sync::Arc;
 use redb::Durability;
 
 use super::{Store, NEVER_COMPACTED};
-use crate::backend::{KV, META, META_APPLIED_INDEX, META_COMPACT_REV, META_CURRENT_REV};
+use crate::backend::{ALARMS, KV, META, META_APPLIED_INDEX, META_COMPACT_REV, META_CURRENT_REV};
 use crate::error::StoreError;
 use crate::lease::LEASES;
-use crate::pending::Pending;
+use crate::pending::{record_bytes, Pending};
 
 /// Writes set aside for a checkpoint, and where the store stood then.
 pub(super) struct Frozen {
@@ -37,6 +37,8 @@ pub(super) struct Frozen {
     applied_rev: i64,
     compact_rev: i64,
     applied_index: u64,
+    /// Every raised alarm, when they changed since the last checkpoint.
+    alarms: Option<std::collections::BTreeSet<(u64, i32)>>,
 }
 
 impl Frozen {
@@ -79,6 +81,7 @@ impl Store {
             applied_rev: st.applied_rev,
             compact_rev: st.pending_compact_rev,
             applied_index: st.applied_index,
+            alarms: std::mem::take(&mut st.alarms_dirty).then(|| st.alarms.clone()),
         });
         st.frozen = Some(frozen.clone());
         frozen
@@ -88,10 +91,23 @@ impl Store {
     pub(super) fn write_out(&self, frozen: &Frozen) -> Result<u64, StoreError> {
         let mut tx = self.db.begin_write()?;
         tx.set_durability(Durability::Immediate)?;
+        // Bytes the records add in redb: a record written again (a retried
+        // checkpoint, a replayed log) replaces itself.
+        let mut added = 0i64;
         {
             let mut kv = tx.open_table(KV)?;
             for (rev, record) in frozen.writes.records() {
-                kv.insert(rev, record)?;
+                added += record_bytes(record) as i64;
+                if let Some(old) = kv.insert(rev, record)? {
+                    added -= record_bytes(old.value()) as i64;
+                }
+            }
+            if let Some(alarms) = &frozen.alarms {
+                let mut table = tx.open_table(ALARMS)?;
+                table.retain(|_, _| false)?;
+                for &alarm in alarms {
+                    table.insert(alarm, 0)?;
+                }
             }
             let mut rows = tx.open_table(LEASES)?;
             for (id, row) in frozen.writes.lease_rows() {
@@ -109,7 +125,10 @@ impl Store {
         }
         tx.commit()?;
         self.batches.fetch_add(1, Ordering::Relaxed);
-        self.state.write().frozen = None;
+        let mut st = self.state.write();
+        // Counted in redb from the moment the frozen ones no longer are.
+        self.stored_bytes.fetch_add(added as u64, Ordering::AcqRel);
+        st.frozen = None;
         Ok(frozen.applied_index)
     }
 }

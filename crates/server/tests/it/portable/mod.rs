@@ -5,5 +5,6 @@ mod kv;
 mod kv_errors;
 mod lease;
 mod lock_election;
+mod maintenance;
 mod watch;
 mod watch_order;
