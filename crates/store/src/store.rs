@@ -78,6 +78,11 @@ const CACHE_BYTES: usize = 2 << 20;
 /// checkpoint never waits long behind them (`docs/decisions.md`, entry 16).
 pub const SWEEP_BATCH: usize = 4096;
 
+/// How long [`Store::defragment`] waits for transactions in progress.
+pub const DEFRAG_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+/// Most compaction passes one defragment makes.
+const DEFRAG_PASSES: usize = 64;
+
 /// Index keys a [`Store::sweep_compacted`] goes over for a compaction per
 /// hold of the state lock: a short piece, so that writes waiting for the
 /// lock are not held up (`docs/decisions.md`, entry 17).
@@ -182,7 +187,9 @@ struct State {
 
 /// The MVCC key-value store. Cheap to share behind an `Arc`.
 pub struct Store {
-    db: Database,
+    /// The database. Shared by every transaction; taken whole only by
+    /// [`Store::defragment`], which needs redb to itself.
+    db: RwLock<Database>,
     /// The database file.
     path: PathBuf,
     state: RwLock<State>,
@@ -274,7 +281,7 @@ impl Store {
         // of its records: redo the removal, which is idempotent.
         let garbage = index.compact(compact);
         let store = Store {
-            db,
+            db: RwLock::new(db),
             path: path.to_path_buf(),
             state: RwLock::new(State {
                 index,
@@ -331,8 +338,34 @@ impl Store {
     }
 
     /// The database, for snapshots.
-    pub(crate) fn database(&self) -> &Database {
-        &self.db
+    pub(crate) fn database(&self) -> parking_lot::RwLockReadGuard<'_, Database> {
+        self.db.read_recursive()
+    }
+
+    /// Gives the space of deleted records back to the file system, as
+    /// etcd's defragment does: redb's compaction moves the live pages
+    /// down and truncates the file. It needs redb to itself, so
+    /// transactions begun from now on wait for it, and it waits (up to
+    /// [`DEFRAG_WAIT`]) for the ones in progress to end: a snapshot being
+    /// streamed holds one, and then defragment fails rather than wait.
+    pub fn defragment(&self) -> Result<(), StoreError> {
+        let deadline = std::time::Instant::now() + DEFRAG_WAIT;
+        let mut db = self.db.write();
+        // Each call moves what it can; repeat until nothing moves.
+        let mut passes = 0;
+        while passes < DEFRAG_PASSES {
+            match db.compact() {
+                Ok(true) => passes += 1,
+                Ok(false) => return Ok(()),
+                Err(redb::CompactionError::TransactionInProgress)
+                    if std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(2));
+                }
+                Err(e) => return Err(StoreError::Storage(format!("defragment: {e}"))),
+            }
+        }
+        Ok(())
     }
 
     /// The size of the database file in bytes (as etcd reports `dbSize`).
@@ -369,7 +402,8 @@ impl Store {
         let _writing = self.writing.lock();
         // Older records a command reads (a previous value, a txn's range)
         // come from here when they are no longer pending.
-        let stored = LazyKv::new(&self.db);
+        let db = self.db.read_recursive();
+        let stored = LazyKv::new(&db);
         let mut out = Vec::with_capacity(commands.len());
         let (rev, compact) = {
             let mut st = self.state.write();
@@ -528,7 +562,7 @@ impl Store {
         if !garbage.is_empty() {
             // Not fsynced on its own: if it is lost in a crash, `open`
             // redoes it.
-            let mut tx = self.db.begin_write()?;
+            let mut tx = self.db.read_recursive().begin_write()?;
             tx.set_durability(Durability::None)?;
             let mut freed = 0;
             {
@@ -592,7 +626,7 @@ impl Store {
     ) -> Result<T, StoreError> {
         let st = self.state.read();
         // Opened under the lock: see the module comment on compaction.
-        let tx = self.db.begin_read()?;
+        let tx = self.db.read_recursive().begin_read()?;
         let kv = tx.open_table(KV)?;
         let records = Layered {
             pending: &st.pending,
@@ -660,7 +694,7 @@ impl Store {
             // A watcher waiting for a future revision: nothing yet.
             return Ok((Vec::new(), upto));
         }
-        let tx = self.db.begin_read()?;
+        let tx = self.db.read_recursive().begin_read()?;
         let start = Revision { main: from, sub: 0 }.to_u128();
         let end = Revision {
             main: upto + 1,
@@ -743,7 +777,7 @@ impl Store {
         let _one_generation = self.checkpointing.lock();
         let _writing = self.writing.lock();
         let pending = self.state.read().pending.len() as u64;
-        let tx = self.db.begin_read()?;
+        let tx = self.db.read_recursive().begin_read()?;
         Ok(tx.open_table(KV)?.len()? + pending)
     }
 
@@ -769,14 +803,14 @@ impl Store {
 
     /// Reads a named counter kept beside the data (node identity and such).
     pub fn meta(&self, name: &str) -> Result<Option<u64>, StoreError> {
-        let tx = self.db.begin_read()?;
+        let tx = self.db.read_recursive().begin_read()?;
         let meta = tx.open_table(META)?;
         Ok(meta.get(name)?.map(|g| g.value()))
     }
 
     /// Durably sets a named counter kept beside the data.
     pub fn set_meta(&self, name: &str, value: u64) -> Result<(), StoreError> {
-        let tx = self.db.begin_write()?;
+        let tx = self.db.read_recursive().begin_write()?;
         tx.open_table(META)?.insert(name, value)?;
         tx.commit()?;
         Ok(())

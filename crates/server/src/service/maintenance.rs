@@ -1,8 +1,8 @@
 //! `etcdserverpb.Maintenance`: what a single node can answer.
 //!
-//! Status, Alarm, Hash, HashKV and Snapshot are served; Defragment is
-//! accepted and does nothing, since redb reuses freed pages itself. The
-//! rest answer `Unimplemented` until their issue comes.
+//! Status, Alarm, Hash, HashKV, Snapshot and Defragment are served (the
+//! last is redb's compaction, `Store::defragment`). The rest answer
+//! `Unimplemented` until their issue comes.
 //!
 //! Alarms are state machine state: ACTIVATE and DEACTIVATE go through the
 //! log (with the request's member id, as etcd), GET reads what is applied.
@@ -109,9 +109,14 @@ impl Maintenance for MaintenanceService {
     }
 
     async fn defragment(&self, _req: Request<DefragmentRequest>) -> Reply<DefragmentResponse> {
-        reply(Ok(DefragmentResponse {
-            header: self.node.header(0),
-        }))
+        let store = self.node.store.clone();
+        reply(
+            blocking(move || store.defragment())
+                .await
+                .map(|()| DefragmentResponse {
+                    header: self.node.header(0),
+                }),
+        )
     }
 
     async fn hash(&self, _req: Request<HashRequest>) -> Reply<HashResponse> {

@@ -89,7 +89,7 @@ impl Store {
 
     /// Writes `frozen` to redb in one durable commit, then forgets it.
     pub(super) fn write_out(&self, frozen: &Frozen) -> Result<u64, StoreError> {
-        let mut tx = self.db.begin_write()?;
+        let mut tx = self.db.read_recursive().begin_write()?;
         tx.set_durability(Durability::Immediate)?;
         // Bytes the records add in redb: a record written again (a retried
         // checkpoint, a replayed log) replaces itself.

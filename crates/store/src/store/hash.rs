@@ -66,7 +66,7 @@ impl Store {
         let rev = if rev <= 0 { current } else { rev };
         // Opened under the lock: whatever a sweep deleted from this
         // snapshot belongs to a compaction at or below `compact`.
-        let tx = self.db.begin_read()?;
+        let tx = self.db.read_recursive().begin_read()?;
         let end = Revision {
             main: rev + 1,
             sub: 0,
@@ -129,7 +129,7 @@ impl Store {
     /// it with the revision that snapshot holds.
     pub fn hash(&self) -> Result<DbHash, StoreError> {
         self.checkpoint()?;
-        let tx = self.db.begin_read()?;
+        let tx = self.db.read_recursive().begin_read()?;
         let mut crc = Crc32c::new();
         crc.update(b"kv");
         for item in tx.open_table(KV)?.iter()? {

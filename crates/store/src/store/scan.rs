@@ -186,7 +186,7 @@ impl<'a> Walk<'a> {
             return Ok(None);
         }
         // Opened under the lock: it holds what memory does not.
-        let tx = store.db.begin_read()?;
+        let tx = store.db.read_recursive().begin_read()?;
         self.piece(&st, store.scan_chunk)?;
         Ok(Some(tx))
     }

@@ -204,3 +204,40 @@ async fn a_full_quota_raises_nospace_until_disarmed() {
     c.put("small", "v", None).await.unwrap();
     c.lease_grant(60, None).await.unwrap();
 }
+
+/// After a big delete and a compaction, defragment gives the space back:
+/// the file shrinks, and everything that stayed is still there.
+#[tokio::test]
+async fn defragment_gives_space_back_after_a_big_delete() {
+    let server = Server::start();
+    let mut c = connect(server.endpoint()).await;
+    let value = "v".repeat(4096);
+    for t in 0..40 {
+        let ops: Vec<TxnOp> = (0..50)
+            .map(|i| TxnOp::put(format!("/big/{t:02}/{i:02}"), value.as_str(), None))
+            .collect();
+        c.txn(Txn::new().and_then(ops)).await.unwrap();
+    }
+    c.put("/keep", "me", None).await.unwrap();
+    let full = c.status().await.unwrap().db_size();
+    let deleted = c
+        .delete("/big/", Some(DeleteOptions::new().with_prefix()))
+        .await
+        .unwrap();
+    assert_eq!(deleted.deleted(), 2000);
+    let rev = deleted.header().unwrap().revision();
+    c.compact(rev, Some(CompactionOptions::new().with_physical()))
+        .await
+        .unwrap();
+    c.defragment().await.unwrap();
+    let after = c.status().await.unwrap().db_size();
+    eprintln!("db size: {full} bytes full, {after} after delete, compaction and defragment");
+    assert!(
+        after * 2 < full,
+        "the database was {full} bytes with 8 MB of values, {after} after defragment"
+    );
+    let kept = c.get("/keep", None).await.unwrap();
+    assert_eq!(kept.kvs()[0].value(), b"me");
+    // And it goes on taking writes.
+    c.put("/after", "defrag", None).await.unwrap();
+}
