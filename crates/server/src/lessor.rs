@@ -114,6 +114,26 @@ impl Lessor {
         lessor
     }
 
+    /// Forgets every lease and takes `leases` instead (same form as
+    /// [`Lessor::recover`]): the store installed a snapshot. Their clocks
+    /// start now.
+    pub fn reset(&self, leases: &[(i64, i64, i64)]) {
+        {
+            let mut inner = self.inner.lock();
+            *inner = Inner::default();
+            let now = self.now();
+            for &(id, ttl, remaining) in leases {
+                let entry = Entry {
+                    ttl,
+                    remaining,
+                    deadline: now,
+                };
+                inner.leases.insert(id, entry);
+            }
+        }
+        self.start_clocks();
+    }
+
     /// Now, on the clock of the node's runtime.
     fn now(&self) -> Instant {
         match &self.clock {

@@ -32,6 +32,7 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 use roster_proto::mvccpb::Event;
+use roster_store::snapshot::SnapshotError;
 use roster_store::{Command, CommandKind, CommandResponse, Store, StoreError, SWEEP_BATCH};
 use tokio::sync::oneshot;
 
@@ -138,6 +139,19 @@ impl StateMachine {
         Ok(outcomes)
     }
 
+    /// Replaces the whole state with the snapshot in `file` (a member too
+    /// far behind its leader's log): the store swaps its database, the
+    /// lessor takes the snapshot's leases, and every watcher catches up
+    /// from the new storage. A refused snapshot changes nothing. The
+    /// caller (consensus) holds back `apply` meanwhile.
+    pub fn install(&self, file: &std::path::Path) -> Result<i64, SnapshotError> {
+        let restored = self.store.install(file)?;
+        self.abandon();
+        self.lessor.reset(&self.store.leases());
+        self.hub.resync(self.store.revision());
+        Ok(restored.revision)
+    }
+
     /// Whether a compaction was applied since the last call: history is
     /// waiting for [`StateMachine::sweep`].
     pub fn take_sweep_due(&self) -> bool {
@@ -211,10 +225,17 @@ mod tests {
     use super::*;
 
     fn machine(dir: &std::path::Path) -> (StateMachine, Arc<Lessor>) {
+        let (sm, lessor, _) = machine_and_hub(dir);
+        (sm, lessor)
+    }
+
+    fn machine_and_hub(dir: &std::path::Path) -> (StateMachine, Arc<Lessor>, Arc<Hub>) {
+        std::fs::create_dir_all(dir).unwrap();
         let store = Arc::new(Store::open(&dir.join("db")).unwrap());
         let hub = Arc::new(Hub::new(store.clone(), 1, 1, 1));
         let lessor = Arc::new(Lessor::recover(&[]));
-        (StateMachine::new(store, hub, lessor.clone()), lessor)
+        let sm = StateMachine::new(store, hub.clone(), lessor.clone());
+        (sm, lessor, hub)
     }
 
     fn cmd(kind: CommandKind) -> Command {
@@ -295,5 +316,93 @@ mod tests {
         assert!(done, "the sweep never finished");
         settled.await.expect("settled by the sweep");
         assert_eq!(sm.store().record_count().unwrap(), 1);
+    }
+
+    /// A member installs another's snapshot: its store, its lessor and its
+    /// watchers all follow; a damaged snapshot changes none of them.
+    #[tokio::test(start_paused = true)]
+    async fn installing_a_snapshot_replaces_store_leases_and_resyncs_watchers() {
+        let dir = tempfile::tempdir().unwrap();
+        let (leader, _) = machine(&dir.path().join("a"));
+        let grant = cmd(CommandKind::LeaseGrant(LeaseGrantRequest {
+            ttl: 40,
+            id: 3,
+        }));
+        let mut entries = vec![(1, grant)];
+        for i in 0..20u64 {
+            let put = CommandKind::Put(PutRequest {
+                key: format!("svc/{i}").into_bytes(),
+                value: b"up".to_vec(),
+                lease: if i % 2 == 0 { 3 } else { 0 },
+                ..Default::default()
+            });
+            entries.push((i + 2, cmd(put)));
+        }
+        leader.apply(&entries).unwrap();
+        let file = dir.path().join("snap");
+        roster_store::snapshot::save(leader.store(), &mut std::fs::File::create(&file).unwrap())
+            .unwrap();
+
+        let (member, lessor, hub) = machine_and_hub(&dir.path().join("b"));
+        let own = cmd(CommandKind::LeaseGrant(LeaseGrantRequest {
+            ttl: 10,
+            id: 7,
+        }));
+        member.apply(&[(1, own)]).unwrap();
+        let (tx, _rx) = tokio::sync::mpsc::channel(4);
+        let wake = Arc::new(tokio::sync::Notify::new());
+        let stream = hub.open_stream(tx, wake.clone());
+        let watcher = crate::watch::hub::Watcher {
+            selector: crate::watch::hub::Selector {
+                range: roster_store::index::KeyRange::new(b"svc/", b"svc0"),
+                prev_kv: false,
+                no_put: false,
+                no_delete: false,
+                fragment: false,
+            },
+            progress_notify: false,
+            next_rev: 2,
+            synced: true,
+            active: false,
+        };
+        assert!(hub.state.lock().add_watcher(stream, 1, watcher).is_ok());
+
+        // A damaged snapshot is refused whole.
+        let bad = dir.path().join("bad");
+        let mut bytes = std::fs::read(&file).unwrap();
+        bytes[40] ^= 1;
+        std::fs::write(&bad, &bytes).unwrap();
+        assert!(member.install(&bad).is_err());
+        assert_eq!(member.store().revision(), 1);
+        assert!(lessor.remaining(7).is_some());
+
+        let rev = member.install(&file).unwrap();
+        assert_eq!(rev, leader.store().revision());
+        assert_eq!(member.store().revision(), rev);
+        assert_eq!(member.store().record_count().unwrap(), 20);
+        assert_eq!(lessor.remaining(7), None, "the member's own lease is gone");
+        assert_eq!(
+            lessor.remaining(3),
+            Some((40, 40)),
+            "the snapshot's lease runs"
+        );
+        let st = hub.state.lock();
+        assert_eq!(st.last_rev, rev);
+        assert!(
+            !st.streams[&stream].watchers[&1].synced,
+            "the watcher catches up"
+        );
+        drop(st);
+        tokio::time::timeout(std::time::Duration::from_secs(1), wake.notified())
+            .await
+            .expect("the stream was woken");
+        // And it goes on applying after the snapshot.
+        let next = CommandKind::Put(PutRequest {
+            key: b"svc/new".to_vec(),
+            value: b"up".to_vec(),
+            ..Default::default()
+        });
+        member.apply(&[(100, cmd(next))]).unwrap();
+        assert_eq!(member.store().revision(), rev + 1);
     }
 }

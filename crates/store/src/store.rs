@@ -37,6 +37,7 @@ use redb::{Database, Durability, ReadableDatabase, ReadableTable, ReadableTableM
 
 mod checkpoint;
 mod hash;
+mod install;
 mod scan;
 use checkpoint::Frozen;
 pub use hash::{DbHash, KvHash};
@@ -227,83 +228,19 @@ impl Store {
         let db = redb::Builder::new()
             .set_cache_size(CACHE_BYTES)
             .create(path)?;
-        let tx = db.begin_write()?;
-        let mut stored_bytes = 0;
-        let mut alarms = BTreeSet::new();
-        let (index, leases, current, compact, applied_index) = {
-            let kv = tx.open_table(KV)?;
-            for item in tx.open_table(ALARMS)?.iter()? {
-                alarms.insert(item?.0.value());
-            }
-            let meta = tx.open_table(META)?;
-            let lease_rows = tx.open_table(LEASES)?;
-            let get = |k: &str| -> Result<Option<u64>, StoreError> {
-                Ok(meta.get(k)?.map(|g| g.value()))
-            };
-            let current = get(META_CURRENT_REV)?.map_or(FIRST_REV, |v| v as i64);
-            // Never compacted: -1, as in etcd, so that compacting to 0 (or to
-            // the first revision) is accepted on a fresh store.
-            let compact = get(META_COMPACT_REV)?.map_or(NEVER_COMPACTED, |v| v as i64);
-            let applied_index = get(META_APPLIED_INDEX)?.unwrap_or(0);
-            let mut index = KeyIndex::default();
-            for item in kv.iter()? {
-                let (rev, rec) = item?;
-                let rev = Revision::from_u128(rev.value());
-                stored_bytes += record_bytes(rec.value());
-                let (kv, tombstone) = decode(rec.value())?;
-                index.push(
-                    &kv.key,
-                    Version {
-                        rev,
-                        create: kv.create_revision,
-                        version: kv.version,
-                        lease: kv.lease,
-                        tombstone,
-                    },
-                );
-            }
-            let mut leases = LeaseTable::default();
-            for item in lease_rows.iter()? {
-                let (id, row) = item?;
-                let lease = Lease::decode(row.value()).ok_or_else(|| {
-                    StoreError::Storage(format!("bad lease record {}", id.value()))
-                })?;
-                leases.insert(id.value(), lease);
-            }
-            for (key, v) in index.range(&KeyRange::Span(Vec::new(), None), current) {
-                leases.reattach(key, 0, v.lease);
-            }
-            (index, leases, current, compact, applied_index)
-        };
-        tx.commit()?;
-        let mut index = index;
-        // A crash may have come between a compaction's commit and the removal
-        // of its records: redo the removal, which is idempotent.
-        let garbage = index.compact(compact);
+        let loaded = load(&db)?;
         let store = Store {
             db: RwLock::new(db),
             path: path.to_path_buf(),
-            state: RwLock::new(State {
-                index,
-                leases,
-                applied_rev: current,
-                compact_rev: compact,
-                pending_compact_rev: compact,
-                applied_index,
-                pending: Pending::default(),
-                frozen: None,
-                pruning: None,
-                alarms,
-                alarms_dirty: false,
-            }),
-            garbage: Mutex::new(garbage),
-            published: AtomicI64::new(current),
+            state: RwLock::new(loaded.state),
+            garbage: Mutex::new(loaded.garbage),
+            published: AtomicI64::new(loaded.revision),
             batches: AtomicU64::new(0),
             writing: Mutex::new(()),
             checkpointing: Mutex::new(()),
             scan_chunk: scan::SCAN_CHUNK,
             prune_chunk: PRUNE_CHUNK,
-            stored_bytes: AtomicU64::new(stored_bytes),
+            stored_bytes: AtomicU64::new(loaded.stored_bytes),
         };
         store.finish_compaction()?;
         Ok(store)
@@ -885,6 +822,88 @@ fn apply_alarm(
         alarms: list,
     };
     (resp, changed)
+}
+
+/// What a database holds, read into the shapes the store works with.
+struct Loaded {
+    state: State,
+    garbage: Vec<Revision>,
+    revision: i64,
+    stored_bytes: u64,
+}
+
+/// Reads `db` whole: the key index from every record, the leases with
+/// their keys, the counters and the alarms.
+fn load(db: &Database) -> Result<Loaded, StoreError> {
+    let tx = db.begin_write()?;
+    let mut stored_bytes = 0;
+    let mut alarms = BTreeSet::new();
+    let (index, leases, current, compact, applied_index) = {
+        let kv = tx.open_table(KV)?;
+        for item in tx.open_table(ALARMS)?.iter()? {
+            alarms.insert(item?.0.value());
+        }
+        let meta = tx.open_table(META)?;
+        let lease_rows = tx.open_table(LEASES)?;
+        let get =
+            |k: &str| -> Result<Option<u64>, StoreError> { Ok(meta.get(k)?.map(|g| g.value())) };
+        let current = get(META_CURRENT_REV)?.map_or(FIRST_REV, |v| v as i64);
+        // Never compacted: -1, as in etcd, so that compacting to 0 (or to
+        // the first revision) is accepted on a fresh store.
+        let compact = get(META_COMPACT_REV)?.map_or(NEVER_COMPACTED, |v| v as i64);
+        let applied_index = get(META_APPLIED_INDEX)?.unwrap_or(0);
+        let mut index = KeyIndex::default();
+        for item in kv.iter()? {
+            let (rev, rec) = item?;
+            let rev = Revision::from_u128(rev.value());
+            stored_bytes += record_bytes(rec.value());
+            let (kv, tombstone) = decode(rec.value())?;
+            index.push(
+                &kv.key,
+                Version {
+                    rev,
+                    create: kv.create_revision,
+                    version: kv.version,
+                    lease: kv.lease,
+                    tombstone,
+                },
+            );
+        }
+        let mut leases = LeaseTable::default();
+        for item in lease_rows.iter()? {
+            let (id, row) = item?;
+            let lease = Lease::decode(row.value())
+                .ok_or_else(|| StoreError::Storage(format!("bad lease record {}", id.value())))?;
+            leases.insert(id.value(), lease);
+        }
+        for (key, v) in index.range(&KeyRange::Span(Vec::new(), None), current) {
+            leases.reattach(key, 0, v.lease);
+        }
+        (index, leases, current, compact, applied_index)
+    };
+    tx.commit()?;
+    let mut index = index;
+    // A crash may have come between a compaction's commit and the removal
+    // of its records: redo the removal, which is idempotent.
+    let garbage = index.compact(compact);
+    Ok(Loaded {
+        state: State {
+            index,
+            leases,
+            applied_rev: current,
+            compact_rev: compact,
+            pending_compact_rev: compact,
+            applied_index,
+            pending: Pending::default(),
+            frozen: None,
+            pruning: None,
+            alarms,
+            alarms_dirty: false,
+        },
+        garbage,
+        revision: current,
+        stored_bytes,
+    })
 }
 
 #[cfg(test)]

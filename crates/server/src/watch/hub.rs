@@ -181,6 +181,20 @@ impl Hub {
         }
     }
 
+    /// The store was replaced by a snapshot at revision `rev`: every
+    /// watcher catches up from storage from where it stands, since what
+    /// it would have heard in between never passed through here.
+    pub fn resync(&self, rev: i64) {
+        let mut st = self.state.lock();
+        st.last_rev = rev;
+        for stream in st.streams.values_mut() {
+            for w in stream.watchers.values_mut() {
+                w.synced = false;
+            }
+            stream.wake.notify_one();
+        }
+    }
+
     /// Delivers one durable batch's events, all at revisions up to `rev`.
     /// Called by the writer, in revision order, after the store published
     /// them. Never blocks: a watcher that cannot take its events now is
