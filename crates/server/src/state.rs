@@ -386,13 +386,12 @@ mod tests {
             Some((40, 40)),
             "the snapshot's lease runs"
         );
-        let st = hub.state.lock();
-        assert_eq!(st.last_rev, rev);
-        assert!(
-            !st.streams[&stream].watchers[&1].synced,
-            "the watcher catches up"
-        );
-        drop(st);
+        {
+            let st = hub.state.lock();
+            assert_eq!(st.last_rev, rev);
+            let synced = st.streams[&stream].watchers[&1].synced;
+            assert!(!synced, "the watcher catches up");
+        }
         tokio::time::timeout(std::time::Duration::from_secs(1), wake.notified())
             .await
             .expect("the stream was woken");
