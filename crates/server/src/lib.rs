@@ -21,6 +21,7 @@
 pub mod coalesce;
 pub mod config;
 pub mod consensus;
+mod contain;
 pub mod error;
 pub mod lessor;
 pub mod node;

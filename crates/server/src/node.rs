@@ -13,6 +13,7 @@ use roster_proto::etcdserverpb::{
     alarm_request::AlarmAction, request_op, AlarmRequest, AlarmType, RequestOp, ResponseHeader,
     TxnRequest,
 };
+use roster_raft::LogError;
 use roster_store::{Command, CommandKind, CommandResponse, Store, StoreError};
 use tokio::sync::Notify;
 
@@ -21,7 +22,7 @@ use crate::config::Config;
 use crate::consensus::{Consensus, ConsensusStatus};
 use crate::error::ServerError;
 use crate::lessor::Lessor;
-use crate::standalone::{Member, Standalone};
+use crate::standalone::{Member, RecoverError, Standalone};
 use crate::state::StateMachine;
 use crate::watch::hub::Hub;
 
@@ -95,11 +96,55 @@ impl Node {
             source,
         })?;
         let db_path = config.data_dir.join(DB_FILE);
+        // A database this open creates is removed again if the node does
+        // not start: with a log that needs the store it had (say the
+        // database was deleted after the log moved to a new segment), the
+        // refusal must leave the directory as it found it, and a second
+        // start must refuse the same way rather than find a store.
+        // Only while the log is untouched: once it has been replayed into
+        // the new database and released, that database holds what the log
+        // no longer does.
+        let created = !db_path.exists();
+        let mut log_touched = false;
+        let node = Node::open_inner(config, &db_path, &mut log_touched);
+        if let Err(e) = &node {
+            let refused = matches!(
+                e,
+                OpenError::Log {
+                    source: RecoverError::Log(LogError::Corrupt { .. } | LogError::Mismatch { .. }),
+                    ..
+                }
+            );
+            if created && (!log_touched || refused) {
+                let _ = std::fs::remove_file(&db_path);
+            }
+        }
+        node
+    }
+
+    fn open_inner(
+        config: Config,
+        db_path: &std::path::Path,
+        log_touched: &mut bool,
+    ) -> Result<Arc<Node>, OpenError> {
         let store_err = |source| OpenError::Store {
-            path: db_path.clone(),
+            path: db_path.to_path_buf(),
             source,
         };
-        let store = Arc::new(Store::open(&db_path).map_err(store_err)?);
+        // redb verifies every page's checksum as the store opens it, and
+        // the store checks what it decodes, so damage is an error. But redb
+        // does not promise that no file altered behind its back can make it
+        // panic, and a panic here would end the process with a backtrace
+        // instead of a refusal to start: contain it, and report it as the
+        // damage it is. Nothing is shared with the failed open.
+        let store = crate::contain::quietly(|| Store::open(db_path))
+            .map_err(|panic| {
+                store_err(StoreError::Storage(format!(
+                    "the database is damaged: reading it failed ({panic})"
+                )))
+            })?
+            .map_err(store_err)?;
+        let store = Arc::new(store);
 
         let ident = |name: &str| -> Result<u64, roster_store::StoreError> {
             match store.meta(name)? {
@@ -118,8 +163,9 @@ impl Node {
         // A single etcd member wins an election at term 2 on first start and
         // one term higher on every restart; mirror that so tools that show
         // the term see what they expect.
+        // Written once the log has been recovered: a refused start leaves
+        // the term as it was.
         let term = store.meta(META_TERM).map_err(store_err)?.unwrap_or(1) + 1;
-        store.set_meta(META_TERM, term).map_err(store_err)?;
 
         let lessor = Arc::new(Lessor::recover(&store.leases()));
         let hub = Arc::new(Hub::new(store.clone(), cluster_id, member_id, term));
@@ -139,11 +185,16 @@ impl Node {
         // The consensus brings the store up to everything acknowledged: it
         // is durable as of its last checkpoint, the log holds the rest.
         let wal_dir = config.data_dir.join(WAL_DIR);
+        *log_touched = true;
         let consensus =
             Standalone::open(sm, &wal_dir, member).map_err(|source| OpenError::Log {
                 path: wal_dir.clone(),
                 source,
             })?;
+        if let Err(e) = store.set_meta(META_TERM, term) {
+            consensus.stop();
+            return Err(store_err(e));
+        }
         // Time did not run for leases while the node was down.
         lessor.start_clocks();
         Ok(Arc::new(Node {

@@ -551,21 +551,23 @@ fn recover(sm: &StateMachine, dir: &Path) -> Result<Log, RecoverError> {
     let (mut log, replay) = Log::open(dir, sm.applied_index())?;
     if !replay.is_empty() {
         tracing::info!(entries = replay.len(), "replaying the write-ahead log");
-        for chunk in replay.chunks(MAX_BATCH) {
-            let mut commands = Vec::with_capacity(chunk.len());
-            for e in chunk {
-                // A single member writes only commands.
-                if e.kind != EntryKind::Command {
-                    continue;
-                }
-                let cmd =
-                    Command::decode(e.payload.as_slice()).map_err(|err| RecoverError::Entry {
-                        index: e.id.index,
-                        reason: err.to_string(),
-                    })?;
-                commands.push((e.id.index, cmd));
+        // Every entry is decoded before any is applied: one that does not
+        // decode refuses the start with nothing changed.
+        let mut commands = Vec::with_capacity(replay.len());
+        for e in &replay {
+            // A single member writes only commands.
+            if e.kind != EntryKind::Command {
+                continue;
             }
-            sm.apply(&commands)?;
+            let cmd = Command::decode(e.payload.as_slice()).map_err(|err| RecoverError::Entry {
+                index: e.id.index,
+                reason: err.to_string(),
+            })?;
+            commands.push((e.id.index, cmd));
+        }
+        drop(replay);
+        for chunk in commands.chunks(MAX_BATCH) {
+            sm.apply(chunk)?;
             // As after any batch: a replayed compaction's records go now.
             sm.finish_sweep()?;
         }

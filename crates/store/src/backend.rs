@@ -45,13 +45,23 @@ pub fn encode(kv: &KeyValue, tombstone: bool) -> Vec<u8> {
     buf
 }
 
-/// Decodes a stored record into its `KeyValue` and tombstone flag.
+/// Decodes a stored record into its `KeyValue` and tombstone flag; bytes
+/// that are not a record are an error, never a panic.
 pub fn decode(bytes: &[u8]) -> Result<(KeyValue, bool), StoreError> {
     let (tag, body) = bytes
         .split_first()
         .ok_or_else(|| StoreError::Storage("empty record".into()))?;
+    let tombstone = match *tag {
+        PUT => false,
+        TOMBSTONE => true,
+        other => {
+            return Err(StoreError::Storage(format!(
+                "a record with unknown tag {other}"
+            )))
+        }
+    };
     let kv = KeyValue::decode(body)?;
-    Ok((kv, *tag == TOMBSTONE))
+    Ok((kv, tombstone))
 }
 
 /// Something records can be read from: a read transaction's table, or the

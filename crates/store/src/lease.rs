@@ -36,10 +36,12 @@ impl Lease {
         b
     }
 
-    /// Decodes the persisted part; keys are attached later.
+    /// Decodes the persisted part; keys are attached later. `None` for
+    /// anything but the 16 bytes [`Lease::encode`] writes.
     pub fn decode(b: &[u8]) -> Option<Lease> {
-        let ttl = i64::from_be_bytes(b.get(..8)?.try_into().ok()?);
-        let remaining = i64::from_be_bytes(b.get(8..16)?.try_into().ok()?);
+        let b: &[u8; 16] = b.try_into().ok()?;
+        let ttl = i64::from_be_bytes(b[..8].try_into().ok()?);
+        let remaining = i64::from_be_bytes(b[8..].try_into().ok()?);
         Some(Lease {
             ttl,
             remaining,

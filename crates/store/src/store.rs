@@ -224,9 +224,21 @@ pub struct Store {
 
 impl Store {
     /// Opens (or creates) the store in the file `path` and rebuilds the index.
+    ///
+    /// A damaged file is an error, never a store with other data: redb
+    /// verifies the checksum of every page of the committed trees before
+    /// the open returns (`set_check_integrity_on_open`; a plain open
+    /// trusts a file shut down cleanly and reads altered pages as they
+    /// are), and every record, lease row and counter read to rebuild the
+    /// index is checked against what the store writes. When the newest
+    /// commit fails its checksums and the one before it verifies, redb
+    /// goes back to that one, as after a crash in a commit: the store is
+    /// then as it was at an earlier checkpoint, with its applied index,
+    /// and the log above it replays the rest or refuses to start.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
         let db = redb::Builder::new()
             .set_cache_size(CACHE_BYTES)
+            .set_check_integrity_on_open(true)
             .create(path)?;
         let loaded = load(&db)?;
         let store = Store {
@@ -754,6 +766,41 @@ impl Store {
     }
 }
 
+/// The error for something in the database the store did not write.
+fn damaged(what: String) -> StoreError {
+    StoreError::Storage(format!("the database is damaged: {what}"))
+}
+
+/// Checks a record read back at `rev` against what the store writes
+/// there, so that a damaged one is refused rather than indexed.
+fn check_record(
+    kv: &KeyValue,
+    tombstone: bool,
+    rev: Revision,
+    current: i64,
+) -> Result<(), StoreError> {
+    let fault = if !(FIRST_REV + 1..=current).contains(&rev.main) || rev.sub < 0 {
+        Some(format!("revision outside 2..={current}"))
+    } else if kv.mod_revision != rev.main {
+        Some(format!("mod revision {}", kv.mod_revision))
+    } else if kv.key.is_empty() {
+        Some("an empty key".to_string())
+    } else if !tombstone
+        && (!(FIRST_REV + 1..=rev.main).contains(&kv.create_revision) || kv.version < 1)
+    {
+        Some(format!(
+            "create revision {} and version {}",
+            kv.create_revision, kv.version
+        ))
+    } else {
+        None
+    };
+    match fault {
+        Some(what) => Err(damaged(format!("the record at {rev:?} has {what}"))),
+        None => Ok(()),
+    }
+}
+
 /// Whether `kind` would take space: refused while NOSPACE is raised, as
 /// etcd's capped applier does (Put, a Txn with a put on either branch,
 /// nested ones included, and LeaseGrant).
@@ -847,17 +894,29 @@ fn load(db: &Database) -> Result<Loaded, StoreError> {
         let lease_rows = tx.open_table(LEASES)?;
         let get =
             |k: &str| -> Result<Option<u64>, StoreError> { Ok(meta.get(k)?.map(|g| g.value())) };
-        let current = get(META_CURRENT_REV)?.map_or(FIRST_REV, |v| v as i64);
+        let current = get(META_CURRENT_REV)?.map_or(Ok(FIRST_REV), |v| {
+            i64::try_from(v)
+                .ok()
+                .filter(|&v| (FIRST_REV..i64::MAX).contains(&v))
+                .ok_or_else(|| damaged(format!("current revision {v}")))
+        })?;
         // Never compacted: -1, as in etcd, so that compacting to 0 (or to
         // the first revision) is accepted on a fresh store.
-        let compact = get(META_COMPACT_REV)?.map_or(NEVER_COMPACTED, |v| v as i64);
+        let compact = get(META_COMPACT_REV)?.map_or(Ok(NEVER_COMPACTED), |v| {
+            i64::try_from(v)
+                .ok()
+                .filter(|&v| v <= current)
+                .ok_or_else(|| damaged(format!("compacted revision {v} at revision {current}")))
+        })?;
         let applied_index = get(META_APPLIED_INDEX)?.unwrap_or(0);
         let mut index = KeyIndex::default();
         for item in kv.iter()? {
             let (rev, rec) = item?;
             let rev = Revision::from_u128(rev.value());
             stored_bytes += record_bytes(rec.value());
-            let (kv, tombstone) = decode(rec.value())?;
+            let (kv, tombstone) =
+                decode(rec.value()).map_err(|e| damaged(format!("the record at {rev:?}: {e}")))?;
+            check_record(&kv, tombstone, rev, current)?;
             index.push(
                 &kv.key,
                 Version {
@@ -873,7 +932,7 @@ fn load(db: &Database) -> Result<Loaded, StoreError> {
         for item in lease_rows.iter()? {
             let (id, row) = item?;
             let lease = Lease::decode(row.value())
-                .ok_or_else(|| StoreError::Storage(format!("bad lease record {}", id.value())))?;
+                .ok_or_else(|| damaged(format!("the row of lease {}", id.value())))?;
             leases.insert(id.value(), lease);
         }
         for (key, v) in index.range(&KeyRange::Span(Vec::new(), None), current) {

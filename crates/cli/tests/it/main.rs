@@ -4,7 +4,8 @@
 //! in-process (`roster-server`, `roster-client`). Here: the process's
 //! flags and errors ([`cli_errors`]), its signals and graceful stop
 //! ([`smoke`]), `kill -9` and what survives it ([`crash`],
-//! [`lease_crash`]), snapshots saved by etcdctl, restored and served
+//! [`lease_crash`]), a data directory damaged after `kill -9` refused or
+//! served whole ([`damage`]), snapshots saved by etcdctl, restored and served
 //! ([`snapshot`]), the echo backend and the gateway run end to end as
 //! an operator runs them ([`echo`], [`gateway`], [`gateway_errors`],
 //! [`gateway_features`]), etcdctl's own output diffed against the real
@@ -16,6 +17,7 @@
 mod bench_smoke;
 mod cli_errors;
 mod crash;
+mod damage;
 mod echo;
 mod etcdctl_conformance;
 mod gateway;

@@ -39,7 +39,14 @@ impl Roster {
         Roster::spawn(data_dir, "http://127.0.0.1:0", extra)
     }
 
-    fn spawn(data_dir: &Path, listen: &str, extra: &[&str]) -> Roster {
+    /// Like [`Roster::start_in`], for a server that may refuse to start:
+    /// `Err` with every line it wrote if it exits before it serves.
+    pub fn try_start_in(data_dir: &Path, extra: &[&str]) -> Result<Roster, Vec<String>> {
+        let cmd = Roster::command(data_dir, "http://127.0.0.1:0", extra);
+        Proc::try_start("roster", cmd, READY).map(|proc| Roster::from_proc(proc, data_dir))
+    }
+
+    fn command(data_dir: &Path, listen: &str, extra: &[&str]) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_roster"));
         cmd.arg("serve")
             .arg("--data-dir")
@@ -48,7 +55,15 @@ impl Roster {
             .arg(listen)
             .args(extra)
             .env("RUST_LOG", "warn");
-        let proc = Proc::start("roster", cmd, READY);
+        cmd
+    }
+
+    fn spawn(data_dir: &Path, listen: &str, extra: &[&str]) -> Roster {
+        let cmd = Roster::command(data_dir, listen, extra);
+        Roster::from_proc(Proc::start("roster", cmd, READY), data_dir)
+    }
+
+    fn from_proc(proc: Proc, data_dir: &Path) -> Roster {
         let endpoint = proc
             .ready_line()
             .rsplit("http://")

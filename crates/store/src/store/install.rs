@@ -53,6 +53,7 @@ impl Store {
         }
         let fresh = redb::Builder::new()
             .set_cache_size(CACHE_BYTES)
+            .set_check_integrity_on_open(true)
             .create(&self.path)
             .map_err(|e| failed(e.into()))?;
         let loaded = load(&fresh).map_err(failed)?;
