@@ -64,6 +64,21 @@ pub fn decode(bytes: &[u8]) -> Result<(KeyValue, bool), StoreError> {
     Ok((kv, tombstone))
 }
 
+/// A stored record's tombstone flag and `KeyValue` bytes, without decoding
+/// them; `None` for an empty record.
+pub fn split_record(bytes: &[u8]) -> Option<(bool, &[u8])> {
+    let (tag, body) = bytes.split_first()?;
+    Some((*tag == TOMBSTONE, body))
+}
+
+/// The stored record of already encoded `KeyValue` bytes.
+pub fn join_record(kv: &[u8], tombstone: bool) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(1 + kv.len());
+    buf.push(if tombstone { TOMBSTONE } else { PUT });
+    buf.extend_from_slice(kv);
+    buf
+}
+
 /// Something records can be read from: a read transaction's table, or the
 /// table of the write transaction being applied (which sees its own writes).
 pub trait Records {

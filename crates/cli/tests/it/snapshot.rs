@@ -7,6 +7,8 @@ use std::process::{Command, Output};
 
 use etcd_client::{Client, Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp};
 
+use roster_testkit::{free_port, Proc};
+
 use crate::roster::Roster;
 
 fn etcdctl(endpoint: &str, args: &[&str]) -> Output {
@@ -88,6 +90,40 @@ async fn etcdctl_save_then_restore_serves_the_same_registry() {
         &["snapshot", "save", file.to_str().unwrap()],
     );
     assert!(saved.status.success(), "etcdctl snapshot save: {saved:?}");
+
+    // etcdctl reads the file with bbolt and checks it (`tx.Check()`).
+    let status = etcdctl(
+        &source.endpoint,
+        &["-w", "json", "snapshot", "status", file.to_str().unwrap()],
+    );
+    let text = String::from_utf8_lossy(&status.stdout).to_string();
+    assert!(
+        status.status.success(),
+        "etcdctl snapshot status: {status:?}"
+    );
+    assert_eq!(json_number(&text, "revision"), revision, "{text}");
+    assert!(json_number(&text, "totalKey") > 0, "{text}");
+
+    // etcd's own restore takes it, and a real etcd serves it.
+    let etcd = RestoredEtcd::start(&file, dir.path());
+    let mut e = Client::connect([&etcd.endpoint], None).await.unwrap();
+    assert_eq!(
+        everything(&mut e, 0).await,
+        now,
+        "etcd serves the same keys"
+    );
+    assert_eq!(everything(&mut e, kept + 1).await, then, "and history");
+    let header = e.get("x", None).await.unwrap().header().unwrap().clone();
+    assert_eq!(header.revision(), revision);
+    let ttl = e
+        .lease_time_to_live(
+            lease,
+            Some(etcd_client::LeaseTimeToLiveOptions::new().with_keys()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(ttl.keys().len(), 10, "etcd has the lease with its keys");
+    drop(etcd);
 
     let data_dir = dir.path().join("restored");
     let restored = restore(&file, &data_dir);
@@ -198,4 +234,83 @@ async fn listing(c: &mut Client) -> Vec<(Vec<u8>, i64, i64)> {
         .iter()
         .map(|kv| (kv.key().to_vec(), kv.create_revision(), kv.mod_revision()))
         .collect()
+}
+
+/// The number after `"name":` in etcdctl's JSON.
+fn json_number(text: &str, name: &str) -> i64 {
+    let key = format!("\"{name}\":");
+    let at = text
+        .find(&key)
+        .unwrap_or_else(|| panic!("no {name} in {text}"))
+        + key.len();
+    let digits: String = text[at..]
+        .chars()
+        .take_while(|c| c.is_ascii_digit())
+        .collect();
+    digits
+        .parse()
+        .unwrap_or_else(|_| panic!("{name} in {text}"))
+}
+
+/// A real etcd on a data directory `etcdctl snapshot restore` made.
+struct RestoredEtcd {
+    _proc: Proc,
+    endpoint: String,
+}
+
+impl RestoredEtcd {
+    /// Restores `file` with etcdctl under `dir` and starts etcd on it, on
+    /// free ports (again on others if they were taken meanwhile).
+    fn start(file: &Path, dir: &Path) -> RestoredEtcd {
+        let mut last = Vec::new();
+        for attempt in 0..5 {
+            let client = format!("http://127.0.0.1:{}", free_port());
+            let peer = format!("http://127.0.0.1:{}", free_port());
+            let data_dir = dir.join(format!("etcd-{attempt}"));
+            let cluster = format!("default={peer}");
+            let restored = etcdctl(
+                "127.0.0.1:1",
+                &[
+                    "snapshot",
+                    "restore",
+                    file.to_str().unwrap(),
+                    "--data-dir",
+                    data_dir.to_str().unwrap(),
+                    "--name",
+                    "default",
+                    "--initial-cluster",
+                    &cluster,
+                    "--initial-advertise-peer-urls",
+                    &peer,
+                ],
+            );
+            assert!(
+                restored.status.success(),
+                "etcdctl snapshot restore: {restored:?}"
+            );
+            let mut cmd = Command::new("/usr/bin/etcd");
+            cmd.arg("--name")
+                .arg("default")
+                .arg("--data-dir")
+                .arg(&data_dir)
+                .args(["--listen-client-urls", &client])
+                .args(["--advertise-client-urls", &client])
+                .args(["--listen-peer-urls", &peer])
+                .args(["--initial-advertise-peer-urls", &peer])
+                .args(["--initial-cluster", &cluster]);
+            match Proc::try_start("etcd", cmd, "ready to serve client requests") {
+                Ok(proc) => {
+                    return RestoredEtcd {
+                        _proc: proc,
+                        endpoint: client.trim_start_matches("http://").to_string(),
+                    }
+                }
+                Err(lines) if lines.iter().any(|l| l.contains("address already in use")) => {
+                    last = lines;
+                }
+                Err(lines) => panic!("etcd exited before it was ready:\n{}", lines.join("\n")),
+            }
+        }
+        panic!("etcd found its ports taken 5 times:\n{}", last.join("\n"));
+    }
 }

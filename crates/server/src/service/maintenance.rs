@@ -8,8 +8,9 @@
 //! log (with the request's member id, as etcd), GET reads what is applied.
 //! Hash and HashKV checkpoint and scan storage, so they run on a blocking
 //! thread. Snapshot streams the store's snapshot (`roster_store::snapshot`)
-//! followed by its SHA-256, as etcd does, so `etcdctl snapshot save` works
-//! and `roster snapshot restore` takes the file.
+//! (a bbolt file, as etcd's) followed by its SHA-256, as etcd does, so
+//! `etcdctl snapshot save` works and `etcdctl snapshot status`, etcd's
+//! restore and `roster snapshot restore` take the file.
 
 use std::pin::Pin;
 use std::sync::Arc;
