@@ -160,12 +160,15 @@ impl Maintenance for MaintenanceService {
     }
 }
 
+/// Length of the SHA-256 sent after the snapshot.
+const HASH_BYTES: u64 = 32;
+
 /// Bytes of snapshot per message, as etcd sends them.
 const SNAPSHOT_PIECE: usize = 32 << 10;
 
 /// Sends `node`'s snapshot on `tx`, then its SHA-256 as the last message.
-/// `remaining_bytes` counts down from the database file's size, which the
-/// snapshot's length is close to but not equal to; the last message says 0.
+/// `remaining_bytes` says, as etcd's does, how many bytes are still to
+/// come after each message: the hash's included, so the last says 0.
 fn stream_snapshot(node: &Node, tx: &Sender<Result<SnapshotResponse, Status>>) {
     let header = node.header(0);
     let mut writer = match node.store.snapshot() {
@@ -175,7 +178,8 @@ fn stream_snapshot(node: &Node, tx: &Sender<Result<SnapshotResponse, Status>>) {
             return;
         }
     };
-    let estimate = node.db_size();
+    // The hash follows the pages, so this much is left before it.
+    let total = writer.len() + HASH_BYTES;
     let mut sent = 0u64;
     let mut hasher = Sha256::new();
     loop {
@@ -192,7 +196,7 @@ fn stream_snapshot(node: &Node, tx: &Sender<Result<SnapshotResponse, Status>>) {
         sent += blob.len() as u64;
         let msg = SnapshotResponse {
             header,
-            remaining_bytes: estimate.saturating_sub(sent).max(1),
+            remaining_bytes: total - sent,
             blob,
         };
         if tx.blocking_send(Ok(msg)).is_err() {
