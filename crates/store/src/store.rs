@@ -650,22 +650,7 @@ impl Store {
             sub: 0,
         }
         .to_u128();
-        // Records not yet in redb are copied while the lock holds them
-        // (at most one checkpoint interval of writes, two while a
-        // checkpoint runs). redb's records from the first frozen or pending
-        // one on are copies, from a checkpoint that has committed but not
-        // yet forgotten them.
-        let frozen = st.frozen.as_deref().map(Frozen::writes);
-        let layers = frozen.into_iter().chain([&st.pending]);
-        let stored_end = layers
-            .clone()
-            .filter_map(Pending::first_record)
-            .next()
-            .map_or(end, |first| first.min(end));
-        let recent: Vec<(u128, Vec<u8>)> = layers
-            .flat_map(|layer| layer.records_in(start..end))
-            .map(|(rev, rec)| (rev, rec.to_vec()))
-            .collect();
+        let (recent, stored_end) = st.recent_records(start..end);
         drop(st);
         let kv = tx.open_table(KV)?;
         let limit = limit.max(1);
@@ -869,6 +854,29 @@ fn apply_alarm(
         alarms: list,
     };
     (resp, changed)
+}
+
+impl State {
+    /// The records in `range` not yet in redb, copied while the caller
+    /// holds the state lock (at most one checkpoint interval of writes,
+    /// two while a checkpoint runs), and where in `range` redb's own
+    /// records stop counting: from the first frozen or pending record on,
+    /// redb's are copies, from a checkpoint that has committed but not yet
+    /// forgotten them.
+    fn recent_records(&self, range: std::ops::Range<u128>) -> (Vec<(u128, Vec<u8>)>, u128) {
+        let frozen = self.frozen.as_deref().map(Frozen::writes);
+        let layers = frozen.into_iter().chain([&self.pending]);
+        let stored_end = layers
+            .clone()
+            .filter_map(Pending::first_record)
+            .next()
+            .map_or(range.end, |first| first.min(range.end));
+        let recent = layers
+            .flat_map(|layer| layer.records_in(range.clone()))
+            .map(|(rev, rec)| (rev, rec.to_vec()))
+            .collect();
+        (recent, stored_end)
+    }
 }
 
 /// What a database holds, read into the shapes the store works with.

@@ -16,13 +16,12 @@ use std::sync::atomic::Ordering;
 
 use redb::{ReadOnlyTable, ReadableDatabase, ReadableTable};
 
-use super::{Frozen, Store};
+use super::Store;
 use crate::backend::{decode, ALARMS, KV, META, META_CURRENT_REV};
 use crate::crc32c::Crc32c;
 use crate::error::StoreError;
 use crate::index::Revision;
 use crate::lease::LEASES;
-use crate::pending::Pending;
 
 /// What [`Store::hash_kv`] answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,17 +73,7 @@ impl Store {
         .to_u128();
         // As in `events`: records still in memory are copied, and redb's
         // from the first of them on are copies of theirs.
-        let frozen = st.frozen.as_deref().map(Frozen::writes);
-        let layers = frozen.into_iter().chain([&st.pending]);
-        let stored_end = layers
-            .clone()
-            .filter_map(Pending::first_record)
-            .next()
-            .map_or(end, |first| first.min(end));
-        let recent: Vec<(u128, Vec<u8>)> = layers
-            .flat_map(|layer| layer.records_in(0..end))
-            .map(|(rev, rec)| (rev, rec.to_vec()))
-            .collect();
+        let (recent, stored_end) = st.recent_records(0..end);
         drop(st);
         let kv = tx.open_table(KV)?;
         // Records below this one are at or below the compacted revision.
