@@ -295,7 +295,7 @@ impl Store {
     /// etcd's defragment does: redb's compaction moves the live pages
     /// down and truncates the file. It needs redb to itself, so
     /// transactions begun from now on wait for it, and it waits (up to
-    /// [`DEFRAG_WAIT`]) for the ones in progress to end: a snapshot being
+    /// `DEFRAG_WAIT`, 10 s) for the ones in progress to end: a snapshot being
     /// streamed holds one, and then defragment fails rather than wait.
     pub fn defragment(&self) -> Result<(), StoreError> {
         let deadline = std::time::Instant::now() + DEFRAG_WAIT;
