@@ -81,6 +81,7 @@ fn parse_url(url: &str) -> Result<Vec<SocketAddr>, String> {
 
 /// Runs the node until SIGINT or SIGTERM.
 pub fn run(args: ServeArgs) -> Result<(), String> {
+    raise_fd_limit();
     let runtime = tokio::runtime::Runtime::new().map_err(|e| format!("starting runtime: {e}"))?;
     runtime.block_on(async move {
         let mut listeners = Vec::new();
@@ -136,4 +137,35 @@ async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
+}
+
+/// Raises the soft limit on open files to the hard one, as etcd does at
+/// start: every client connection and watch stream holds a descriptor,
+/// and the usual soft limit of 1024 is reached by 1000 clients, after
+/// which the next log segment cannot be created either. Logs both limits.
+fn raise_fd_limit() {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let limit = getrlimit(Resource::Nofile);
+    let show = |v: Option<u64>| v.map_or("unlimited".to_string(), |n| n.to_string());
+    if limit.current == limit.maximum {
+        tracing::info!(limit = %show(limit.current), "open file limit");
+        return;
+    }
+    let raised = Rlimit {
+        current: limit.maximum,
+        maximum: limit.maximum,
+    };
+    match setrlimit(Resource::Nofile, raised) {
+        Ok(()) => tracing::info!(
+            from = %show(limit.current),
+            to = %show(limit.maximum),
+            "raised the open file limit to its hard limit"
+        ),
+        Err(e) => tracing::warn!(
+            soft = %show(limit.current),
+            hard = %show(limit.maximum),
+            error = %e,
+            "could not raise the open file limit"
+        ),
+    }
 }

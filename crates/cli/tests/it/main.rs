@@ -2,7 +2,7 @@
 //!
 //! Everything else is tested in the crate it belongs to, on a node started
 //! in-process (`roster-server`, `roster-client`). Here: the process's
-//! flags and errors ([`cli_errors`]), its signals and graceful stop
+//! flags and errors ([`cli_errors`]), its open-file limit ([`fd_limit`]), its signals and graceful stop
 //! ([`smoke`]), `kill -9` and what survives it ([`crash`],
 //! [`lease_crash`]), a data directory damaged after `kill -9` refused or
 //! served whole ([`damage`]), snapshots saved by etcdctl, restored and served
@@ -20,6 +20,7 @@ mod crash;
 mod damage;
 mod echo;
 mod etcdctl_conformance;
+mod fd_limit;
 mod gateway;
 mod gateway_errors;
 mod gateway_features;
