@@ -97,20 +97,7 @@ impl Lessor {
             inner: Mutex::new(Inner::default()),
             clock: tokio::runtime::Handle::try_current().ok(),
         };
-        {
-            let mut inner = lessor.inner.lock();
-            for &(id, ttl, remaining) in leases {
-                inner.leases.insert(
-                    id,
-                    Entry {
-                        ttl,
-                        remaining,
-                        deadline: Instant::now(),
-                    },
-                );
-            }
-        }
-        lessor.start_clocks();
+        lessor.reset(leases);
         lessor
     }
 

@@ -236,10 +236,7 @@ impl Store {
     /// then as it was at an earlier checkpoint, with its applied index,
     /// and the log above it replays the rest or refuses to start.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
-        let db = redb::Builder::new()
-            .set_cache_size(CACHE_BYTES)
-            .set_check_integrity_on_open(true)
-            .create(path)?;
+        let db = open_db(path)?;
         let loaded = load(&db)?;
         let store = Store {
             db: RwLock::new(db),
@@ -877,6 +874,15 @@ impl State {
             .collect();
         (recent, stored_end)
     }
+}
+
+/// Opens (or creates) the redb file at `path` with the store's cache, every
+/// page checksum verified (`docs/decisions.md`, entry 32).
+fn open_db(path: &Path) -> Result<Database, redb::DatabaseError> {
+    redb::Builder::new()
+        .set_cache_size(CACHE_BYTES)
+        .set_check_integrity_on_open(true)
+        .create(path)
 }
 
 /// What a database holds, read into the shapes the store works with.

@@ -31,6 +31,17 @@ fn etcd_binary() -> PathBuf {
     );
 }
 
+/// Path of etcdctl (Debian's `etcd-client` package).
+pub fn etcdctl_binary() -> PathBuf {
+    ["/usr/bin/etcdctl", "/usr/local/bin/etcdctl"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+        .expect(
+            "etcdctl is not installed: run ./scripts/test.sh, which installs Debian's etcd-client",
+        )
+}
+
 /// A running single-member etcd on loopback, killed when dropped.
 pub struct Etcd {
     proc: Proc,
@@ -52,12 +63,20 @@ impl Etcd {
 
     /// Starts a fresh etcd with extra `flags`.
     pub fn start_with(flags: Vec<String>) -> Etcd {
+        Etcd::start_prepared(flags, |_, _| {})
+    }
+
+    /// Starts etcd with extra `flags` on a data directory that `prepare`
+    /// makes first, given its path (which does not exist yet) and the peer
+    /// URL etcd will advertise: `etcdctl snapshot restore` into it, say.
+    pub fn start_prepared(flags: Vec<String>, mut prepare: impl FnMut(&Path, &str)) -> Etcd {
         const ATTEMPTS: usize = 5;
         let mut last = Vec::new();
         for _ in 0..ATTEMPTS {
             let dir = tempfile::tempdir().expect("tempdir");
             let client = format!("http://127.0.0.1:{}", free_port());
             let peer = format!("http://127.0.0.1:{}", free_port());
+            prepare(&data_dir(dir.path()), &peer);
             let cmd = command(dir.path(), &client, &peer, &flags);
             match Proc::try_start("etcd", cmd, ETCD_READY) {
                 Ok(proc) => {
@@ -100,12 +119,17 @@ impl Etcd {
     }
 }
 
+/// etcd's data directory inside the test's temporary directory `dir`.
+fn data_dir(dir: &Path) -> PathBuf {
+    dir.join("etcd")
+}
+
 fn command(dir: &Path, client: &str, peer: &str, flags: &[String]) -> Command {
     let mut cmd = Command::new(etcd_binary());
     cmd.arg("--name")
         .arg("default")
         .arg("--data-dir")
-        .arg(dir.join("etcd"))
+        .arg(data_dir(dir))
         .arg("--listen-client-urls")
         .arg(client)
         .arg("--advertise-client-urls")

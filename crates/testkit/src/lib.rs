@@ -32,7 +32,7 @@ mod process;
 mod server;
 pub mod wait;
 
-pub use etcd::{free_port, Etcd};
+pub use etcd::{etcdctl_binary, free_port, Etcd};
 pub use node::{Builder, TestNode};
 pub use process::Proc;
 pub use server::{Server, Setting};

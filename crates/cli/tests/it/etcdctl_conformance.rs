@@ -54,13 +54,12 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::io::{Read, Write as _};
-use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::roster::Roster;
-use roster_testkit::Etcd;
+use roster_testkit::{etcdctl_binary, Etcd};
 use serde_json::Value;
 
 /// The KV script; its syntax is described at its top.
@@ -760,17 +759,6 @@ impl Outcome {
             None => lines().collect::<Vec<_>>().join("\n"),
         }
     }
-}
-
-/// Path of etcdctl (Debian's `etcd-client` package).
-fn etcdctl_binary() -> PathBuf {
-    ["/usr/bin/etcdctl", "/usr/local/bin/etcdctl"]
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| Path::new(p).exists())
-        .expect(
-            "etcdctl is not installed: run ./scripts/test.sh, which installs Debian's etcd-client",
-        )
 }
 
 /// Every way Roster's outcome differs from etcd's; empty when they agree.

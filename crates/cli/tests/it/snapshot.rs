@@ -7,16 +7,12 @@ use std::process::{Command, Output};
 
 use etcd_client::{Client, Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp};
 
-use roster_testkit::{free_port, Proc};
+use roster_testkit::{etcdctl_binary, Etcd};
 
 use crate::roster::Roster;
 
 fn etcdctl(endpoint: &str, args: &[&str]) -> Output {
-    let bin = ["/usr/bin/etcdctl", "/usr/local/bin/etcdctl"]
-        .iter()
-        .find(|p| Path::new(p).exists())
-        .expect("etcdctl is not installed: run ./scripts/test.sh");
-    Command::new(bin)
+    Command::new(etcdctl_binary())
         .env("ETCDCTL_API", "3")
         .arg(format!("--endpoints={endpoint}"))
         .args(args)
@@ -105,8 +101,30 @@ async fn etcdctl_save_then_restore_serves_the_same_registry() {
     assert!(json_number(&text, "totalKey") > 0, "{text}");
 
     // etcd's own restore takes it, and a real etcd serves it.
-    let etcd = RestoredEtcd::start(&file, dir.path());
-    let mut e = Client::connect([&etcd.endpoint], None).await.unwrap();
+    let etcd = Etcd::start_prepared(Vec::new(), |data_dir, peer| {
+        let cluster = format!("default={peer}");
+        let restored = etcdctl(
+            "127.0.0.1:1",
+            &[
+                "snapshot",
+                "restore",
+                file.to_str().unwrap(),
+                "--data-dir",
+                data_dir.to_str().unwrap(),
+                "--name",
+                "default",
+                "--initial-cluster",
+                &cluster,
+                "--initial-advertise-peer-urls",
+                peer,
+            ],
+        );
+        assert!(
+            restored.status.success(),
+            "etcdctl snapshot restore: {restored:?}"
+        );
+    });
+    let mut e = Client::connect([etcd.endpoint()], None).await.unwrap();
     assert_eq!(
         everything(&mut e, 0).await,
         now,
@@ -250,67 +268,4 @@ fn json_number(text: &str, name: &str) -> i64 {
     digits
         .parse()
         .unwrap_or_else(|_| panic!("{name} in {text}"))
-}
-
-/// A real etcd on a data directory `etcdctl snapshot restore` made.
-struct RestoredEtcd {
-    _proc: Proc,
-    endpoint: String,
-}
-
-impl RestoredEtcd {
-    /// Restores `file` with etcdctl under `dir` and starts etcd on it, on
-    /// free ports (again on others if they were taken meanwhile).
-    fn start(file: &Path, dir: &Path) -> RestoredEtcd {
-        let mut last = Vec::new();
-        for attempt in 0..5 {
-            let client = format!("http://127.0.0.1:{}", free_port());
-            let peer = format!("http://127.0.0.1:{}", free_port());
-            let data_dir = dir.join(format!("etcd-{attempt}"));
-            let cluster = format!("default={peer}");
-            let restored = etcdctl(
-                "127.0.0.1:1",
-                &[
-                    "snapshot",
-                    "restore",
-                    file.to_str().unwrap(),
-                    "--data-dir",
-                    data_dir.to_str().unwrap(),
-                    "--name",
-                    "default",
-                    "--initial-cluster",
-                    &cluster,
-                    "--initial-advertise-peer-urls",
-                    &peer,
-                ],
-            );
-            assert!(
-                restored.status.success(),
-                "etcdctl snapshot restore: {restored:?}"
-            );
-            let mut cmd = Command::new("/usr/bin/etcd");
-            cmd.arg("--name")
-                .arg("default")
-                .arg("--data-dir")
-                .arg(&data_dir)
-                .args(["--listen-client-urls", &client])
-                .args(["--advertise-client-urls", &client])
-                .args(["--listen-peer-urls", &peer])
-                .args(["--initial-advertise-peer-urls", &peer])
-                .args(["--initial-cluster", &cluster]);
-            match Proc::try_start("etcd", cmd, "ready to serve client requests") {
-                Ok(proc) => {
-                    return RestoredEtcd {
-                        _proc: proc,
-                        endpoint: client.trim_start_matches("http://").to_string(),
-                    }
-                }
-                Err(lines) if lines.iter().any(|l| l.contains("address already in use")) => {
-                    last = lines;
-                }
-                Err(lines) => panic!("etcd exited before it was ready:\n{}", lines.join("\n")),
-            }
-        }
-        panic!("etcd found its ports taken 5 times:\n{}", last.join("\n"));
-    }
 }

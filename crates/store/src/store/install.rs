@@ -16,7 +16,7 @@ use std::fs::File;
 use std::path::Path;
 use std::sync::atomic::Ordering;
 
-use super::{load, Store, CACHE_BYTES};
+use super::{load, open_db, Store};
 use crate::error::StoreError;
 use crate::snapshot::{restore, Restored, SnapshotError};
 
@@ -51,11 +51,7 @@ impl Store {
                     source,
                 })?;
         }
-        let fresh = redb::Builder::new()
-            .set_cache_size(CACHE_BYTES)
-            .set_check_integrity_on_open(true)
-            .create(&self.path)
-            .map_err(|e| failed(e.into()))?;
+        let fresh = open_db(&self.path).map_err(|e| failed(e.into()))?;
         let loaded = load(&fresh).map_err(failed)?;
         *db = fresh;
         {
