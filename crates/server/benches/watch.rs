@@ -75,21 +75,17 @@ impl Fanout {
         for range in ranges {
             let (tx, mut rx) = mpsc::channel(QUEUE);
             let id = hub.open_stream(tx, Arc::new(Notify::new()));
-            let watcher = Watcher {
-                selector: Selector {
-                    range,
-                    no_put: false,
-                    no_delete: false,
-                    prev_kv: false,
-                    fragment: false,
-                },
-                progress_notify: false,
-                next_rev,
-                synced: true,
-                active: false,
+            let selector = Selector {
+                range,
+                no_put: false,
+                no_delete: false,
+                prev_kv: false,
+                fragment: false,
             };
-            let added = hub.state.lock().add_watcher(id, 0, watcher);
-            assert!(added.is_ok(), "the stream just opened");
+            let watcher = Watcher::new(selector, false, next_rev);
+            let mut st = hub.state.lock();
+            let added = st.add_watcher(id, 0, watcher);
+            assert!(added.is_ok() && st.sync(id, 0), "the stream just opened");
             queues.push(Box::new(move || {
                 let mut n = 0;
                 while rx.try_recv().is_ok() {
@@ -139,7 +135,7 @@ impl Fanout {
             });
         drain(&mut self.queues, &mut self.delivered);
         let st = self.hub.state.lock();
-        let synced = st.streams.values().all(|s| s.watchers[&0].synced);
+        let synced = st.streams.values().all(|s| s.watchers[&0].synced());
         assert!(synced, "a queue filled: the catch-up fallback was measured");
         assert!(publishes > 0);
         assert_eq!(self.delivered, publishes * receivers, "events went missing");

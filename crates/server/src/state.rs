@@ -352,20 +352,18 @@ mod tests {
         let (tx, _rx) = tokio::sync::mpsc::channel(4);
         let wake = Arc::new(tokio::sync::Notify::new());
         let stream = hub.open_stream(tx, wake.clone());
-        let watcher = crate::watch::hub::Watcher {
-            selector: crate::watch::hub::Selector {
-                range: roster_store::index::KeyRange::new(b"svc/", b"svc0"),
-                prev_kv: false,
-                no_put: false,
-                no_delete: false,
-                fragment: false,
-            },
-            progress_notify: false,
-            next_rev: 2,
-            synced: true,
-            active: false,
+        let selector = crate::watch::hub::Selector {
+            range: roster_store::index::KeyRange::new(b"svc/", b"svc0"),
+            prev_kv: false,
+            no_put: false,
+            no_delete: false,
+            fragment: false,
         };
-        assert!(hub.state.lock().add_watcher(stream, 1, watcher).is_ok());
+        let watcher = crate::watch::hub::Watcher::new(selector, false, 2);
+        {
+            let mut st = hub.state.lock();
+            assert!(st.add_watcher(stream, 1, watcher).is_ok() && st.sync(stream, 1));
+        }
 
         // A damaged snapshot is refused whole.
         let bad = dir.path().join("bad");
@@ -389,7 +387,7 @@ mod tests {
         {
             let st = hub.state.lock();
             assert_eq!(st.last_rev, rev);
-            let synced = st.streams[&stream].watchers[&1].synced;
+            let synced = st.streams[&stream].watchers[&1].synced();
             assert!(!synced, "the watcher catches up");
         }
         tokio::time::timeout(std::time::Duration::from_secs(1), wake.notified())

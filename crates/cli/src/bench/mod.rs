@@ -27,10 +27,11 @@
 //! Layout: [`driver`] runs closed-loop clients and shows progress,
 //! [`report`] records and prints, [`keys`] makes keys and values, and one
 //! file per scenario group ([`kv`], [`lease`], [`watch`], [`registry`],
-//! [`ceiling`], [`scale`]).
+//! [`ceiling`], [`scale`], [`crowd`]).
 
 mod ceiling;
 mod conn;
+mod crowd;
 mod driver;
 mod keys;
 mod kv;
@@ -70,6 +71,8 @@ enum Scenario {
     /// Watch: creation rate, or event delivery to many watchers with
     /// put-to-event latency.
     Watch(watch::WatchArgs),
+    /// Puts under a prefix that many watchers watch, read or not read.
+    WatchedPuts(crowd::WatchedPutsArgs),
     /// Register instances with leases through roster-client.
     Register(registry::RegisterArgs),
     /// Time from a registration to its visibility in N discovering clients.
@@ -209,6 +212,7 @@ pub fn run(args: BenchArgs) -> Result<(), String> {
             Scenario::TxnPut(a) => kv::txn_put(a).await,
             Scenario::LeaseKeepalive(a) => lease::keepalive(a).await,
             Scenario::Watch(a) => watch::run(a).await,
+            Scenario::WatchedPuts(a) => crowd::run(a).await,
             Scenario::Register(a) => registry::register(a).await,
             Scenario::Discover(a) => registry::discover(a).await,
             Scenario::HoldWatchers(a) => scale::hold_watchers(a).await,

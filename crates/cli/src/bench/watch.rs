@@ -70,12 +70,17 @@ pub(super) struct WatchStream {
     pub(super) rx: Streaming<WatchResponse>,
 }
 
-fn create_request(key: Vec<u8>) -> WatchRequest {
+/// A watcher on one key.
+fn on_key(key: Vec<u8>) -> WatchCreateRequest {
+    WatchCreateRequest {
+        key,
+        ..Default::default()
+    }
+}
+
+fn create_request(c: WatchCreateRequest) -> WatchRequest {
     WatchRequest {
-        request_union: Some(RequestUnion::CreateRequest(WatchCreateRequest {
-            key,
-            ..Default::default()
-        })),
+        request_union: Some(RequestUnion::CreateRequest(c)),
     }
 }
 
@@ -84,8 +89,16 @@ impl WatchStream {
     /// queued before the response headers are awaited, since etcd sends
     /// them only with its first message.
     pub(super) async fn open(ch: Conn, key: Vec<u8>) -> Result<WatchStream, String> {
+        WatchStream::open_with(ch, on_key(key)).await
+    }
+
+    /// Opens a stream whose first watcher is `first`.
+    pub(super) async fn open_with(
+        ch: Conn,
+        first: WatchCreateRequest,
+    ) -> Result<WatchStream, String> {
         let (tx, reqs) = mpsc::channel(16);
-        tx.send(create_request(key))
+        tx.send(create_request(first))
             .await
             .map_err(|_| "watch channel closed".to_string())?;
         let rx = WatchClient::new(ch)
@@ -100,8 +113,13 @@ impl WatchStream {
 
     /// Creates a watcher on `key` and waits until the server confirms it.
     pub(super) async fn create(&mut self, key: Vec<u8>) -> Result<(), String> {
+        self.create_with(on_key(key)).await
+    }
+
+    /// Creates the watcher `c` and waits until the server confirms it.
+    pub(super) async fn create_with(&mut self, c: WatchCreateRequest) -> Result<(), String> {
         self.tx
-            .send(create_request(key))
+            .send(create_request(c))
             .await
             .map_err(|_| "watch stream closed".to_string())?;
         self.await_created().await

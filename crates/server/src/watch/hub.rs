@@ -1,7 +1,7 @@
 //! The registry of watchers and live delivery of published events.
 
 use std::borrow::Borrow;
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -14,7 +14,7 @@ use roster_store::index::KeyRange;
 use roster_store::Store;
 use tokio::sync::{mpsc, Notify};
 
-use super::index::{WatchIndex, WatcherId};
+use super::index::{Slot, WatchIndex, WatcherId};
 
 /// What flows to a watch stream's client: responses whose events are
 /// already encoded (see `proto/roster/watch.proto`).
@@ -58,55 +58,150 @@ pub struct Watcher {
     pub progress_notify: bool,
     /// The lowest revision not yet sent.
     pub next_rev: i64,
-    /// True while live delivery serves this watcher.
-    pub synced: bool,
     /// True if something was sent since the last progress tick.
     pub active: bool,
+    /// Where it sits in the hub's key index while it is synced (live
+    /// delivery serves it); `None` while it is behind and its stream's
+    /// catch-up serves it.
+    slot: Option<Slot>,
+}
+
+impl Watcher {
+    /// A watcher that has been sent nothing below `next_rev`. It starts
+    /// behind: its stream's catch-up syncs it.
+    pub fn new(selector: Selector, progress_notify: bool, next_rev: i64) -> Watcher {
+        Watcher {
+            selector,
+            progress_notify,
+            next_rev,
+            active: false,
+            slot: None,
+        }
+    }
+
+    /// True while live delivery serves this watcher.
+    pub fn synced(&self) -> bool {
+        self.slot.is_some()
+    }
 }
 
 /// One watch stream's share of the hub.
 pub struct StreamEntry {
     /// The stream's watchers by watch id. Add and remove them through
-    /// [`HubState::add_watcher`] and [`HubState::remove_watcher`], which
-    /// keep the key index in step.
+    /// [`HubState`]'s methods, which keep the key index in step.
     pub watchers: HashMap<i64, Watcher>,
+    /// The ids of the watchers that are behind, for its catch-up: a stream
+    /// may hold many watchers and only some of them be behind.
+    behind: BTreeSet<i64>,
     /// The stream's outbound queue.
     pub tx: Outbound,
     /// Wakes the stream's catch-up task.
     pub wake: Arc<Notify>,
 }
 
+impl StreamEntry {
+    /// A watcher of this stream that is behind, if any.
+    pub fn first_behind(&self) -> Option<i64> {
+        self.behind.first().copied()
+    }
+
+    /// True when no watcher of this stream is behind.
+    pub fn all_synced(&self) -> bool {
+        self.behind.is_empty()
+    }
+}
+
 /// Hub state, behind one lock.
+///
+/// A watcher is in exactly one of two places: synced, in the key index
+/// where publishing finds it; or behind, in its stream's `behind` set where
+/// catch-up finds it. The methods here are the only way between them.
 pub struct HubState {
     /// Highest revision handed to the hub.
     pub last_rev: i64,
     /// Streams by id.
     pub streams: HashMap<u64, StreamEntry>,
     next_stream: u64,
-    /// Every watcher by the keys it watches.
+    /// The synced watchers by the keys they watch.
     index: WatchIndex,
 }
 
 impl HubState {
-    /// Adds watcher `watch_id` to stream `stream`. Gives the watcher back
-    /// if the stream is gone or already has that id.
-    pub fn add_watcher(&mut self, stream: u64, watch_id: i64, w: Watcher) -> Result<(), Watcher> {
+    /// Adds watcher `watch_id` to stream `stream`, behind. Gives the
+    /// watcher back if the stream is gone or already has that id.
+    pub fn add_watcher(
+        &mut self,
+        stream: u64,
+        watch_id: i64,
+        mut w: Watcher,
+    ) -> Result<(), Watcher> {
         let Some(entry) = self.streams.get_mut(&stream) else {
             return Err(w);
         };
         if entry.watchers.contains_key(&watch_id) {
             return Err(w);
         }
-        self.index.insert(&w.selector.range, (stream, watch_id));
+        w.slot = None;
+        entry.behind.insert(watch_id);
         entry.watchers.insert(watch_id, w);
         Ok(())
     }
 
     /// Removes watcher `watch_id` of stream `stream`, if it is there.
     pub fn remove_watcher(&mut self, stream: u64, watch_id: i64) -> Option<Watcher> {
-        let w = self.streams.get_mut(&stream)?.watchers.remove(&watch_id)?;
-        self.index.remove(&w.selector.range, (stream, watch_id));
+        let entry = self.streams.get_mut(&stream)?;
+        let w = entry.watchers.remove(&watch_id)?;
+        entry.behind.remove(&watch_id);
+        if let Some(slot) = w.slot {
+            self.unindex(&w.selector.range, (stream, watch_id), slot);
+        }
         Some(w)
+    }
+
+    /// Moves a watcher that is behind to live delivery. Answers false if
+    /// it is gone.
+    pub fn sync(&mut self, stream: u64, watch_id: i64) -> bool {
+        let Some(entry) = self.streams.get_mut(&stream) else {
+            return false;
+        };
+        let Some(w) = entry.watchers.get_mut(&watch_id) else {
+            return false;
+        };
+        if w.slot.is_none() {
+            w.slot = Some(self.index.insert(&w.selector.range, (stream, watch_id)));
+            entry.behind.remove(&watch_id);
+        }
+        true
+    }
+
+    /// Moves a synced watcher behind and wakes its stream's catch-up.
+    fn fall_behind(&mut self, stream: u64, watch_id: i64) {
+        let Some(entry) = self.streams.get_mut(&stream) else {
+            return;
+        };
+        let Some(w) = entry.watchers.get_mut(&watch_id) else {
+            return;
+        };
+        entry.behind.insert(watch_id);
+        entry.wake.notify_one();
+        if let Some(slot) = w.slot.take() {
+            let range = w.selector.range.clone();
+            self.unindex(&range, (stream, watch_id), slot);
+        }
+    }
+
+    /// Takes a watcher out of the index, updating the slot of the one that
+    /// took its place.
+    fn unindex(&mut self, range: &KeyRange, id: WatcherId, slot: Slot) {
+        if let Some(((s, w), at)) = self.index.remove(range, id, slot) {
+            if let Some(moved) = self
+                .streams
+                .get_mut(&s)
+                .and_then(|e| e.watchers.get_mut(&w))
+            {
+                moved.slot = Some(at);
+            }
+        }
     }
 }
 
@@ -164,6 +259,7 @@ impl Hub {
             id,
             StreamEntry {
                 watchers: HashMap::new(),
+                behind: BTreeSet::new(),
                 tx,
                 wake,
             },
@@ -174,11 +270,14 @@ impl Hub {
     /// Forgets a stream and its watchers.
     pub fn close_stream(&self, id: u64) {
         let mut st = self.state.lock();
-        if let Some(stream) = st.streams.remove(&id) {
-            for (watch_id, w) in stream.watchers {
-                st.index.remove(&w.selector.range, (id, watch_id));
-            }
+        let ids: Vec<i64> = match st.streams.get(&id) {
+            Some(stream) => stream.watchers.keys().copied().collect(),
+            None => return,
+        };
+        for watch_id in ids {
+            st.remove_watcher(id, watch_id);
         }
+        st.streams.remove(&id);
     }
 
     /// The store was replaced by a snapshot at revision `rev`: every
@@ -187,9 +286,11 @@ impl Hub {
     pub fn resync(&self, rev: i64) {
         let mut st = self.state.lock();
         st.last_rev = rev;
+        st.index = WatchIndex::default();
         for stream in st.streams.values_mut() {
-            for w in stream.watchers.values_mut() {
-                w.synced = false;
+            for (&id, w) in stream.watchers.iter_mut() {
+                w.slot = None;
+                stream.behind.insert(id);
             }
             stream.wake.notify_one();
         }
@@ -197,8 +298,9 @@ impl Hub {
 
     /// Delivers one durable batch's events, all at revisions up to `rev`.
     /// Called by the writer, in revision order, after the store published
-    /// them. Never blocks: a watcher that cannot take its events now is
-    /// switched to catch-up.
+    /// them. Never blocks: a watcher that cannot take its events now falls
+    /// behind, out of the index, so that it costs later batches nothing
+    /// until catch-up has brought it level.
     pub fn publish<E: Borrow<Event>>(&self, events: &[E], rev: i64) {
         let mut guard = self.state.lock();
         let st = &mut *guard;
@@ -226,6 +328,7 @@ impl Hub {
         // Each event is encoded at most twice (with and without its previous
         // key-value), however many watchers receive it.
         let mut plain: Vec<Option<Bytes>> = vec![None; events.len()];
+        let mut fell_behind = Vec::new();
         let mut with_prev: Vec<Option<Bytes>> = vec![None; events.len()];
         for group in hits.chunk_by(|a, b| a.0 == b.0) {
             let (stream_id, watch_id) = group[0].0;
@@ -236,9 +339,7 @@ impl Hub {
             let Some(w) = stream.watchers.get_mut(&watch_id) else {
                 continue;
             };
-            if !w.synced {
-                continue;
-            }
+            debug_assert!(w.synced(), "only synced watchers are indexed");
             let mut mine = Vec::new();
             for i in picks {
                 let e = events[i].borrow();
@@ -276,13 +377,15 @@ impl Hub {
             if too_big || stream.tx.try_send(Ok(resp)).is_err() {
                 // A watcher's cursor moves only when it is sent something,
                 // so catch-up starts from this batch at the latest.
-                w.synced = false;
                 w.next_rev = w.next_rev.max(first_rev);
-                stream.wake.notify_one();
+                fell_behind.push((stream_id, watch_id));
             } else {
                 w.next_rev = rev + 1;
                 w.active = true;
             }
+        }
+        for (stream, watch_id) in fell_behind {
+            st.fall_behind(stream, watch_id);
         }
     }
 }
@@ -291,3 +394,92 @@ impl Hub {
 /// split: etcd's request limit plus its gRPC overhead, with the defaults.
 pub const FRAGMENT_BYTES: usize =
     crate::config::DEFAULT_MAX_REQUEST_BYTES + crate::config::GRPC_OVERHEAD_BYTES;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use roster_proto::mvccpb::event::EventType;
+
+    fn put_at(key: &[u8], rev: i64) -> Event {
+        Event {
+            r#type: EventType::Put as i32,
+            kv: Some(KeyValue {
+                key: key.to_vec(),
+                value: b"v".to_vec(),
+                create_revision: rev,
+                mod_revision: rev,
+                version: 1,
+                ..Default::default()
+            }),
+            prev_kv: None,
+        }
+    }
+
+    /// A crowd of watchers on one prefix whose streams are not read: after
+    /// the first batches fill the queues, every watcher is behind, out of
+    /// the index, and later batches find no one to visit; each is owed
+    /// exactly what it was not sent.
+    #[test]
+    fn watchers_that_cannot_take_events_leave_the_commit_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(&dir.path().join("db")).unwrap());
+        let hub = Hub::new(store, 1, 1, 1);
+        let range = KeyRange::new(b"/svc/", b"/svc0");
+        let (streams, per_stream) = (10u64, 500i64);
+        let mut queues = Vec::new();
+        for _ in 0..streams {
+            // Room for one response per stream.
+            let (tx, rx) = mpsc::channel(1);
+            let id = hub.open_stream(tx, Arc::new(Notify::new()));
+            queues.push(rx);
+            let mut st = hub.state.lock();
+            for w in 0..per_stream {
+                let sel = Selector {
+                    range: range.clone(),
+                    no_put: false,
+                    no_delete: false,
+                    prev_kv: false,
+                    fragment: false,
+                };
+                assert!(st.add_watcher(id, w, Watcher::new(sel, false, 2)).is_ok());
+                assert!(st.sync(id, w));
+            }
+        }
+        let total = (streams as usize) * per_stream as usize;
+        assert_eq!(hub.state.lock().index.len(), total);
+
+        hub.publish(&[put_at(b"/svc/a", 2)], 2);
+        {
+            let st = hub.state.lock();
+            // One watcher per stream got the one place in its queue.
+            assert_eq!(st.index.len(), streams as usize);
+            for s in st.streams.values() {
+                assert_eq!(s.behind.len(), per_stream as usize - 1);
+                for (id, w) in &s.watchers {
+                    assert_eq!(w.synced(), !s.behind.contains(id));
+                    let owed = if w.synced() { 3 } else { 2 };
+                    assert_eq!(w.next_rev, owed, "cursor of a behind watcher");
+                }
+            }
+        }
+        hub.publish(&[put_at(b"/svc/b", 3)], 3);
+        hub.publish(&[put_at(b"/svc/c", 4)], 4);
+        let st = hub.state.lock();
+        assert!(st.index.is_empty(), "no stalled watcher is visited again");
+        for s in st.streams.values() {
+            assert!(!s.all_synced());
+            assert_eq!(s.behind.len(), per_stream as usize);
+            assert!(s.watchers.values().all(|w| (2..=3).contains(&w.next_rev)));
+        }
+        drop(st);
+
+        // Cancelling behind watchers and closing streams leaves nothing.
+        hub.state.lock().remove_watcher(0, 0);
+        for id in 0..streams {
+            hub.close_stream(id);
+        }
+        let st = hub.state.lock();
+        assert!(st.index.is_empty() && st.streams.is_empty());
+        drop(queues);
+    }
+}

@@ -222,10 +222,7 @@ impl StreamTask {
         }
         let rev = {
             let st = self.hub.state.lock();
-            let all_synced = st
-                .streams
-                .get(&self.id)
-                .is_some_and(|s| s.watchers.values().all(|w| w.synced));
+            let all_synced = st.streams.get(&self.id).is_some_and(|s| s.all_synced());
             all_synced.then_some(st.last_rev)
         };
         if let Some(rev) = rev {
@@ -260,25 +257,21 @@ impl StreamTask {
                 self.next_auto_id - 1
             };
             let filters = |f: FilterType| c.filters.contains(&(f as i32));
-            let watcher = Watcher {
-                selector: Selector {
-                    range,
-                    no_put: filters(FilterType::Noput),
-                    no_delete: filters(FilterType::Nodelete),
-                    prev_kv: c.prev_kv,
-                    fragment: c.fragment,
-                },
-                progress_notify: c.progress_notify,
-                next_rev: if c.start_revision > 0 {
-                    c.start_revision
-                } else {
-                    rev + 1
-                },
-                // Every watcher starts with one catch-up pass, which syncs
-                // it at once when there is no history to send.
-                synced: false,
-                active: false,
+            let selector = Selector {
+                range,
+                no_put: filters(FilterType::Noput),
+                no_delete: filters(FilterType::Nodelete),
+                prev_kv: c.prev_kv,
+                fragment: c.fragment,
             };
+            let next_rev = if c.start_revision > 0 {
+                c.start_revision
+            } else {
+                rev + 1
+            };
+            // Every watcher starts behind, with one catch-up pass, which
+            // syncs it at once when there is no history to send.
+            let watcher = Watcher::new(selector, c.progress_notify, next_rev);
             st.add_watcher(self.id, id, watcher)
                 .map(|()| (id, rev))
                 .map_err(|_| ())
@@ -321,11 +314,10 @@ impl StreamTask {
                 let Some(stream) = st.streams.get(&self.id) else {
                     return Err(());
                 };
-                stream
-                    .watchers
-                    .iter()
-                    .find(|(_, w)| !w.synced)
-                    .map(|(&id, w)| (id, w.selector.clone(), w.next_rev))
+                stream.first_behind().and_then(|id| {
+                    let w = stream.watchers.get(&id)?;
+                    Some((id, w.selector.clone(), w.next_rev))
+                })
             };
             let Some((id, sel, from)) = job else {
                 return self.answer_progress().await;
@@ -358,18 +350,19 @@ impl StreamTask {
                     }
                     let mut st = self.hub.state.lock();
                     let last_rev = st.last_rev;
-                    if let Some(w) = st
+                    let level = st
                         .streams
                         .get_mut(&self.id)
                         .and_then(|s| s.watchers.get_mut(&id))
-                    {
-                        w.next_rev = w.next_rev.max(last + 1);
-                        w.active |= sent;
-                        // Switch to live delivery only once nothing the hub
-                        // has published is still owed to this watcher.
-                        if w.next_rev > last_rev {
-                            w.synced = true;
-                        }
+                        .is_some_and(|w| {
+                            w.next_rev = w.next_rev.max(last + 1);
+                            w.active |= sent;
+                            w.next_rev > last_rev
+                        });
+                    // Switch to live delivery only once nothing the hub
+                    // has published is still owed to this watcher.
+                    if level {
+                        st.sync(self.id, id);
                     }
                 }
                 Err(e) => {
@@ -408,7 +401,7 @@ impl StreamTask {
             };
             let mut ids = Vec::new();
             for (&id, w) in stream.watchers.iter_mut() {
-                if w.progress_notify && w.synced && !w.active {
+                if w.progress_notify && w.synced() && !w.active {
                     ids.push(id);
                 }
                 w.active = false;
