@@ -6,6 +6,7 @@ mod kv_errors;
 mod lease;
 mod lock_election;
 mod maintenance;
+mod metadata;
 mod streams;
 mod watch;
 mod watch_order;

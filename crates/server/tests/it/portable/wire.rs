@@ -26,6 +26,8 @@ type Body = StreamBody<ReceiverStream<Result<Frame<Bytes>, Infallible>>>;
 pub struct Conn {
     send: hyper::client::conn::http2::SendRequest<Body>,
     url: String,
+    /// Resolves when the connection ends (a GOAWAY, or an error).
+    closed: tokio::task::JoinHandle<Result<(), hyper::Error>>,
 }
 
 /// What a call ended with: its gRPC status code and message.
@@ -114,10 +116,11 @@ impl Conn {
             .handshake(TokioIo::new(tcp))
             .await
             .expect("HTTP/2 handshake");
-        tokio::spawn(conn);
+        let closed = tokio::spawn(conn);
         Conn {
             send,
             url: server.url(),
+            closed,
         }
     }
 
@@ -145,6 +148,12 @@ impl Conn {
             http: 0,
             buf: BytesMut::new(),
         }
+    }
+
+    /// True once the connection has ended (the server sent GOAWAY or broke
+    /// it).
+    pub fn is_closed(&self) -> bool {
+        self.closed.is_finished()
     }
 }
 
