@@ -13,11 +13,10 @@
 //! run in order, each seeing the changes of the ops before it.
 
 use roster_proto::etcdserverpb::{
-    range_request::SortOrder, range_request::SortTarget, request_op, response_op,
-    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse,
-    LeaseCheckpointRequest, LeaseCheckpointResponse, LeaseGrantRequest, LeaseGrantResponse,
-    LeaseRevokeRequest, LeaseRevokeResponse, PutRequest, PutResponse, RangeRequest, RequestOp,
-    ResponseHeader, ResponseOp, TxnRequest, TxnResponse,
+    request_op, response_op, CompactionRequest, CompactionResponse, DeleteRangeRequest,
+    DeleteRangeResponse, LeaseCheckpointRequest, LeaseCheckpointResponse, LeaseGrantRequest,
+    LeaseGrantResponse, LeaseRevokeRequest, LeaseRevokeResponse, PutRequest, PutResponse,
+    RangeRequest, RequestOp, ResponseHeader, ResponseOp, TxnRequest, TxnResponse,
 };
 use roster_proto::mvccpb::{event::EventType, Event, KeyValue};
 
@@ -467,7 +466,6 @@ fn check_path(
 }
 
 fn check_range(view: &View<'_>, r: &RangeRequest) -> Result<(), StoreError> {
-    SortOrder::try_from(r.sort_order).map_err(|_| StoreError::Invalid("sort order"))?;
-    SortTarget::try_from(r.sort_target).map_err(|_| StoreError::Invalid("sort target"))?;
+    crate::read::sort_of(r)?;
     view.check_revision(r.revision).map(|_| ())
 }
