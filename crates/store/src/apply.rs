@@ -318,16 +318,11 @@ impl<'a> WriteTxn<'a> {
         let ops = if succeeded { &t.success } else { &t.failure };
         let mut responses = Vec::with_capacity(ops.len());
         for op in ops {
-            use request_op::Request as Rq;
-            use response_op::Response as Rs;
             let response = match &op.request {
-                Some(Rq::RequestRange(r)) => Some(Rs::ResponseRange(self.view().range(r)?)),
-                Some(Rq::RequestPut(p)) => Some(Rs::ResponsePut(self.put_checked(p)?)),
-                Some(Rq::RequestDeleteRange(d)) => {
-                    Some(Rs::ResponseDeleteRange(self.delete_range(d)?))
-                }
-                Some(Rq::RequestTxn(inner)) => Some(Rs::ResponseTxn(self.run(inner, path, at)?)),
-                None => None,
+                Some(request_op::Request::RequestTxn(inner)) => Some(
+                    response_op::Response::ResponseTxn(self.run(inner, path, at)?),
+                ),
+                _ => self.run_leaf(op)?,
             };
             responses.push(ResponseOp { response });
         }
@@ -337,6 +332,21 @@ impl<'a> WriteTxn<'a> {
             header: Some(ResponseHeader::default()),
             succeeded,
             responses,
+        })
+    }
+
+    /// Runs a txn op that is not a txn. Apart from [`Self::run`], which
+    /// recurses once per nested txn, so that its frame stays small (an
+    /// unoptimized build gives every arm's temporaries their own slots).
+    #[inline(never)]
+    fn run_leaf(&mut self, op: &RequestOp) -> Result<Option<response_op::Response>, StoreError> {
+        use request_op::Request as Rq;
+        use response_op::Response as Rs;
+        Ok(match &op.request {
+            Some(Rq::RequestRange(r)) => Some(Rs::ResponseRange(self.view().range(r)?)),
+            Some(Rq::RequestPut(p)) => Some(Rs::ResponsePut(self.put_checked(p)?)),
+            Some(Rq::RequestDeleteRange(d)) => Some(Rs::ResponseDeleteRange(self.delete_range(d)?)),
+            Some(Rq::RequestTxn(_)) | None => None,
         })
     }
 
