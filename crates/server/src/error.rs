@@ -110,3 +110,42 @@ impl From<ServerError> for Status {
         Status::new(code, msg)
     }
 }
+
+/// What prost's decode errors say first, as tonic's codec passes them on.
+const PROST_DECODE: &str = "failed to decode Protobuf message: ";
+
+/// The status a stream ends with when reading its next request failed: a
+/// request that does not decode gets grpc-go's words for it, which is what
+/// etcd answers (code `Internal`; the reason after them is prost's, Go's
+/// protobuf words it differently); any other failure is passed on as it is.
+pub fn recv_error(status: Status) -> Status {
+    match status.message().strip_prefix(PROST_DECODE) {
+        Some(reason) if status.code() == Code::Internal => Status::internal(format!(
+            "grpc: failed to unmarshal the received message {reason}"
+        )),
+        _ => status,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stream_request_that_does_not_decode_gets_grpc_go_words() {
+        // A varint that never ends, as a stream would have decoded it.
+        use prost::Message;
+        let prost = roster_proto::etcdserverpb::WatchRequest::decode(&b"\x0a\xff"[..]).unwrap_err();
+        let s = recv_error(Status::internal(prost.to_string()));
+        assert_eq!(s.code(), Code::Internal);
+        assert_eq!(
+            s.message(),
+            "grpc: failed to unmarshal the received message WatchRequest.request_union: invalid varint"
+        );
+        let other = recv_error(Status::resource_exhausted("too big"));
+        assert_eq!(
+            (other.code(), other.message()),
+            (Code::ResourceExhausted, "too big")
+        );
+    }
+}

@@ -29,6 +29,7 @@ pub mod serve;
 pub mod service;
 pub mod standalone;
 pub mod state;
+mod txn_decode;
 mod unary;
 pub mod validate;
 pub mod watch;

@@ -32,6 +32,12 @@ use crate::watch::stream::WatchService;
 /// How long in-flight requests may run on after shutdown is asked for.
 pub const DRAIN_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
+/// The largest request header list (gRPC metadata) served: grpc-go's
+/// default, so etcd's. hyper's own default, 16 KiB, refused less than etcd
+/// clients send, and h2 tears the whole connection down (GOAWAY) for a
+/// list four times over its limit.
+const MAX_HEADER_LIST_BYTES: u32 = 16 << 20;
+
 /// How serving ended.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Stopped {
@@ -61,6 +67,7 @@ pub async fn serve(
     let mut servers = tokio::task::JoinSet::new();
     for listener in listeners {
         let router = Server::builder()
+            .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
             .add_service(KvServer::new(KvService::new(node.clone()), limit))
             .add_service(
                 MaintenanceServer::new(MaintenanceService::new(node.clone()))

@@ -559,10 +559,12 @@ fn recover(sm: &StateMachine, dir: &Path) -> Result<Log, RecoverError> {
             if e.kind != EntryKind::Command {
                 continue;
             }
-            let cmd = Command::decode(e.payload.as_slice()).map_err(|err| RecoverError::Entry {
-                index: e.id.index,
-                reason: err.to_string(),
-            })?;
+            // Txns may nest deeper than prost decodes (see txn_decode).
+            let cmd =
+                crate::txn_decode::command(&e.payload).map_err(|err| RecoverError::Entry {
+                    index: e.id.index,
+                    reason: err.to_string(),
+                })?;
             commands.push((e.id.index, cmd));
         }
         drop(replay);

@@ -25,9 +25,20 @@ use tonic::body::Body;
 use tonic::codegen::http::{self, header, HeaderMap, HeaderValue};
 use tonic::Status;
 
-/// Reads the one message of a unary call's request body. `limit` bounds
-/// the message's length.
-pub async fn read<M: Message + Default>(mut body: Body, limit: usize) -> Result<M, Status> {
+/// Reads and decodes the one message of a unary call's request body.
+/// `limit` bounds the message's length.
+pub async fn read<M: Message + Default>(body: Body, limit: usize) -> Result<M, Status> {
+    M::decode(read_bytes(body, limit).await?).map_err(|e| unmarshal_error(&e))
+}
+
+/// grpc-go's answer to a unary request that does not decode.
+pub fn unmarshal_error(reason: &dyn std::fmt::Display) -> Status {
+    Status::internal(format!("grpc: error unmarshalling request: {reason}"))
+}
+
+/// Reads the bytes of the one message of a unary call's request body.
+/// `limit` bounds the message's length.
+pub async fn read_bytes(mut body: Body, limit: usize) -> Result<Bytes, Status> {
     let mut buf = BytesMut::new();
     let mut want = None;
     let end = loop {
@@ -65,8 +76,7 @@ pub async fn read<M: Message + Default>(mut body: Body, limit: usize) -> Result<
             }
         }
     };
-    M::decode(&buf[PREFIX..end])
-        .map_err(|e| Status::internal(format!("grpc: error unmarshalling request: {e}")))
+    Ok(buf.freeze().slice(PREFIX..end))
 }
 
 /// A successful answer carrying `msg`.

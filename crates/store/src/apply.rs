@@ -13,11 +13,10 @@
 //! run in order, each seeing the changes of the ops before it.
 
 use roster_proto::etcdserverpb::{
-    range_request::SortOrder, range_request::SortTarget, request_op, response_op,
-    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse,
-    LeaseCheckpointRequest, LeaseCheckpointResponse, LeaseGrantRequest, LeaseGrantResponse,
-    LeaseRevokeRequest, LeaseRevokeResponse, PutRequest, PutResponse, RangeRequest, RequestOp,
-    ResponseHeader, ResponseOp, TxnRequest, TxnResponse,
+    request_op, response_op, CompactionRequest, CompactionResponse, DeleteRangeRequest,
+    DeleteRangeResponse, LeaseCheckpointRequest, LeaseCheckpointResponse, LeaseGrantRequest,
+    LeaseGrantResponse, LeaseRevokeRequest, LeaseRevokeResponse, PutRequest, PutResponse,
+    RangeRequest, RequestOp, ResponseHeader, ResponseOp, TxnRequest, TxnResponse,
 };
 use roster_proto::mvccpb::{event::EventType, Event, KeyValue};
 
@@ -319,16 +318,11 @@ impl<'a> WriteTxn<'a> {
         let ops = if succeeded { &t.success } else { &t.failure };
         let mut responses = Vec::with_capacity(ops.len());
         for op in ops {
-            use request_op::Request as Rq;
-            use response_op::Response as Rs;
             let response = match &op.request {
-                Some(Rq::RequestRange(r)) => Some(Rs::ResponseRange(self.view().range(r)?)),
-                Some(Rq::RequestPut(p)) => Some(Rs::ResponsePut(self.put_checked(p)?)),
-                Some(Rq::RequestDeleteRange(d)) => {
-                    Some(Rs::ResponseDeleteRange(self.delete_range(d)?))
-                }
-                Some(Rq::RequestTxn(inner)) => Some(Rs::ResponseTxn(self.run(inner, path, at)?)),
-                None => None,
+                Some(request_op::Request::RequestTxn(inner)) => Some(
+                    response_op::Response::ResponseTxn(self.run(inner, path, at)?),
+                ),
+                _ => self.run_leaf(op)?,
             };
             responses.push(ResponseOp { response });
         }
@@ -338,6 +332,21 @@ impl<'a> WriteTxn<'a> {
             header: Some(ResponseHeader::default()),
             succeeded,
             responses,
+        })
+    }
+
+    /// Runs a txn op that is not a txn. Apart from [`Self::run`], which
+    /// recurses once per nested txn, so that its frame stays small (an
+    /// unoptimized build gives every arm's temporaries their own slots).
+    #[inline(never)]
+    fn run_leaf(&mut self, op: &RequestOp) -> Result<Option<response_op::Response>, StoreError> {
+        use request_op::Request as Rq;
+        use response_op::Response as Rs;
+        Ok(match &op.request {
+            Some(Rq::RequestRange(r)) => Some(Rs::ResponseRange(self.view().range(r)?)),
+            Some(Rq::RequestPut(p)) => Some(Rs::ResponsePut(self.put_checked(p)?)),
+            Some(Rq::RequestDeleteRange(d)) => Some(Rs::ResponseDeleteRange(self.delete_range(d)?)),
+            Some(Rq::RequestTxn(_)) | None => None,
         })
     }
 
@@ -467,7 +476,6 @@ fn check_path(
 }
 
 fn check_range(view: &View<'_>, r: &RangeRequest) -> Result<(), StoreError> {
-    SortOrder::try_from(r.sort_order).map_err(|_| StoreError::Invalid("sort order"))?;
-    SortTarget::try_from(r.sort_target).map_err(|_| StoreError::Invalid("sort target"))?;
+    crate::read::sort_of(r)?;
     view.check_revision(r.revision).map(|_| ())
 }

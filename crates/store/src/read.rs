@@ -74,6 +74,22 @@ pub(crate) fn check_revision(rev: i64, compact_rev: i64, revision: i64) -> Resul
     Ok(revision)
 }
 
+/// How a Range sorts its results, with etcd 3.4's reading of values outside
+/// the enums: a sort order it does not know sorts nothing (etcd's sort
+/// switch has no case for it), so the results stay in key order whatever
+/// the target. A target it does not know, with an order it knows (NONE with
+/// a target other than KEY means ASCEND), is refused: etcd 3.4 has no
+/// answer for it (it sorts with no comparator and the process dies), and
+/// etcd 3.5 refuses it with "invalid sort option".
+pub fn sort_of(r: &RangeRequest) -> Result<(SortOrder, SortTarget), StoreError> {
+    let Ok(order) = SortOrder::try_from(r.sort_order) else {
+        return Ok((SortOrder::None, SortTarget::Key));
+    };
+    let target =
+        SortTarget::try_from(r.sort_target).map_err(|_| StoreError::Invalid("sort target"))?;
+    Ok((order, target))
+}
+
 /// A Range request's rules, applied one hit at a time in key order, so that
 /// a reader may walk the index in pieces (see `store::scan`).
 ///
@@ -103,11 +119,7 @@ impl<'r> RangeRules<'r> {
         let (order, target) = if r.count_only {
             (SortOrder::None, SortTarget::Key)
         } else {
-            (
-                SortOrder::try_from(r.sort_order).map_err(|_| StoreError::Invalid("sort order"))?,
-                SortTarget::try_from(r.sort_target)
-                    .map_err(|_| StoreError::Invalid("sort target"))?,
-            )
+            sort_of(r)?
         };
         let filtered = r.min_mod_revision != 0
             || r.max_mod_revision != 0
@@ -230,23 +242,26 @@ impl View<'_> {
     /// Evaluates one txn compare with etcd's rules: a compare over a range
     /// holds only if it holds for every key in it; a missing key compares as a
     /// zero `KeyValue`, except that a VALUE compare on a missing key fails.
+    ///
+    /// Values outside the enums are read as etcd 3.4 reads them, refusing
+    /// neither: a target it does not know compares every key as equal to
+    /// the operand, and a result it does not know always holds.
     pub fn compare(&self, c: &Compare) -> Result<bool, StoreError> {
         use compare::{CompareResult, CompareTarget, TargetUnion};
-        let target =
-            CompareTarget::try_from(c.target).map_err(|_| StoreError::Invalid("compare target"))?;
-        let result =
-            CompareResult::try_from(c.result).map_err(|_| StoreError::Invalid("compare result"))?;
+        let target = CompareTarget::try_from(c.target).ok();
+        let result = CompareResult::try_from(c.result).ok();
         let range = KeyRange::new(&c.key, &c.range_end);
         let hits: Vec<(&[u8], &Version)> = self.index.range(&range, self.rev).collect();
-        if hits.is_empty() && target == CompareTarget::Value {
+        if hits.is_empty() && target == Some(CompareTarget::Value) {
             return Ok(false);
         }
 
         let holds = |ord: Ordering| match result {
-            CompareResult::Equal => ord == Ordering::Equal,
-            CompareResult::NotEqual => ord != Ordering::Equal,
-            CompareResult::Greater => ord == Ordering::Greater,
-            CompareResult::Less => ord == Ordering::Less,
+            Some(CompareResult::Equal) => ord == Ordering::Equal,
+            Some(CompareResult::NotEqual) => ord != Ordering::Equal,
+            Some(CompareResult::Greater) => ord == Ordering::Greater,
+            Some(CompareResult::Less) => ord == Ordering::Less,
+            None => true,
         };
         // The operand only counts when its kind matches the target; otherwise
         // it reads as zero (or empty), as in etcd.
@@ -260,6 +275,9 @@ impl View<'_> {
             }
         };
         let check = |v: Option<&Version>, key: &[u8]| -> Result<bool, StoreError> {
+            let Some(target) = target else {
+                return Ok(holds(Ordering::Equal));
+            };
             let ord = match target {
                 CompareTarget::Value => {
                     let want: &[u8] = match &c.target_union {

@@ -24,6 +24,7 @@ use tonic::{Request, Status};
 use super::{reply, Reply};
 use crate::error::ServerError;
 use crate::node::Node;
+use crate::txn_decode::{self, TxnDecodeError};
 use crate::unary;
 use crate::validate;
 
@@ -199,6 +200,27 @@ where
     }
 }
 
+/// [`call`] for a Txn, whose request is decoded by hand so that it may nest
+/// as deep as etcd's op budget allows (see `crate::txn_decode`).
+async fn call_txn(body: Body, limit: usize, s: Arc<KvService>) -> http::Response<Body> {
+    let req =
+        unary::read_bytes(body, limit)
+            .await
+            .and_then(|bytes| match txn_decode::txn(&bytes) {
+                Ok(t) => Ok(t),
+                Err(TxnDecodeError::TooDeep) => Err(ServerError::TooManyOps.into()),
+                Err(TxnDecodeError::Decode(e)) => Err(unary::unmarshal_error(&e)),
+            });
+    let reply = match req {
+        Ok(req) => s.txn(Request::new(req)).await,
+        Err(status) => Err(status),
+    };
+    match reply {
+        Ok(resp) => unary::respond(resp.get_ref()),
+        Err(status) => status.into_http(),
+    }
+}
+
 /// The service's methods.
 enum Method {
     Range,
@@ -233,7 +255,7 @@ impl Service<http::Request<Body>> for KvServer {
                 Method::Range => call(body, limit, |r| s.range(Request::new(r))).await,
                 Method::Put => call(body, limit, |r| s.put(Request::new(r))).await,
                 Method::DeleteRange => call(body, limit, |r| s.delete_range(Request::new(r))).await,
-                Method::Txn => call(body, limit, |r| s.txn(Request::new(r))).await,
+                Method::Txn => call_txn(body, limit, s).await,
                 Method::Compact => call(body, limit, |r| s.compact(Request::new(r))).await,
             })
         })

@@ -20,7 +20,7 @@ use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Status, Streaming};
 
 use super::{reply, Reply};
-use crate::error::ServerError;
+use crate::error::{recv_error, ServerError};
 use crate::lessor::{MAX_TTL, MIN_TTL};
 use crate::node::Node;
 
@@ -103,8 +103,17 @@ impl Lease for LeaseService {
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         let node = self.node.clone();
         tokio::spawn(async move {
+            // At the end of the requests the answers already queued go out
+            // and the stream ends with OK, as etcd's does; a message that
+            // does not decode ends it with etcd's error.
             while let Some(msg) = inbound.next().await {
-                let Ok(msg) = msg else { break };
+                let msg = match msg {
+                    Ok(msg) => msg,
+                    Err(status) => {
+                        let _ = tx.send(Err(recv_error(status))).await;
+                        break;
+                    }
+                };
                 // An unknown or expired lease is answered with TTL 0, as
                 // etcd does; the stream stays open.
                 let ttl = node.lessor.renew(msg.id).unwrap_or(0);

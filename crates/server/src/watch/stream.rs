@@ -21,6 +21,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Status, Streaming};
 
+use crate::error::recv_error;
+
 use super::hub::{encode_event, prev_of, Hub, Outbound, Selector, Watcher, FRAGMENT_BYTES};
 
 /// Responses queued per stream before live delivery switches a watcher to
@@ -151,15 +153,25 @@ impl StreamTask {
         S: Stream<Item = Result<WatchRequest, Status>> + Unpin,
     {
         let mut progress = tokio::time::interval_at(tokio::time::Instant::now() + tick, tick);
+        // A client may half-close its side once it has sent its requests;
+        // etcd goes on serving the watchers it made, and so do we, until
+        // the client cancels the call.
+        let mut reading = true;
         loop {
             tokio::select! {
-                msg = inbound.next() => match msg {
+                msg = inbound.next(), if reading => match msg {
                     Some(Ok(req)) => {
                         if self.handle(req).await.is_err() {
                             break;
                         }
                     }
-                    _ => break,
+                    None => reading = false,
+                    // A message that does not decode ends the stream with
+                    // the error, as etcd's does.
+                    Some(Err(status)) => {
+                        let _ = self.tx.send(Err(recv_error(status))).await;
+                        break;
+                    }
                 },
                 _ = wake.notified() => {
                     if self.catch_up().await.is_err() {

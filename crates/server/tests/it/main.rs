@@ -10,4 +10,4 @@
 //!   hand-written KV endpoint's framing.
 
 mod node;
-mod portable;
+pub mod portable;

@@ -5,3 +5,4 @@ mod compaction;
 mod group_commit;
 mod kv_wire;
 mod log_replay;
+mod nesting;
