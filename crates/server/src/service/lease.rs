@@ -104,7 +104,15 @@ impl Lease for LeaseService {
         let node = self.node.clone();
         tokio::spawn(async move {
             while let Some(msg) = inbound.next().await {
-                let Ok(msg) = msg else { break };
+                // A request that does not decode ends the stream with its
+                // status (INTERNAL), as etcd's does.
+                let msg = match msg {
+                    Ok(msg) => msg,
+                    Err(status) => {
+                        let _ = tx.send(Err(status)).await;
+                        break;
+                    }
+                };
                 // An unknown or expired lease is answered with TTL 0, as
                 // etcd does; the stream stays open.
                 let ttl = node.lessor.renew(msg.id).unwrap_or(0);

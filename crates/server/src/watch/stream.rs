@@ -159,7 +159,14 @@ impl StreamTask {
                             break;
                         }
                     }
-                    _ => break,
+                    // A request that does not decode ends the stream with
+                    // its status (INTERNAL), as etcd's does; a client that
+                    // closes its side ends it quietly.
+                    Some(Err(status)) => {
+                        let _ = self.tx.send(Err(status)).await;
+                        break;
+                    }
+                    None => break,
                 },
                 _ = wake.notified() => {
                     if self.catch_up().await.is_err() {
