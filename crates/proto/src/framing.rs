@@ -50,4 +50,29 @@ mod tests {
         assert_eq!(len, framed.len() - PREFIX);
         assert_eq!(PutRequest::decode(&framed[PREFIX..]).unwrap(), put);
     }
+
+    proptest::proptest! {
+        /// Any bytes: a prefix once five are there, read as written.
+        #[test]
+        fn any_bytes_give_a_prefix_or_none(b in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..12)) {
+            match prefix(&b) {
+                None => proptest::prop_assert!(b.len() < PREFIX),
+                Some((compressed, len)) => {
+                    proptest::prop_assert_eq!(compressed, b[0] != 0);
+                    proptest::prop_assert_eq!(len as u32, u32::from_be_bytes([b[1], b[2], b[3], b[4]]));
+                }
+            }
+        }
+
+        /// Any message framed reads back from its prefix.
+        #[test]
+        fn framed_messages_round_trip(key: Vec<u8>, value: Vec<u8>, lease: i64) {
+            let put = PutRequest { key, value, lease, ..Default::default() };
+            let framed = encode(&put);
+            let (compressed, len) = prefix(&framed).unwrap();
+            proptest::prop_assert!(!compressed);
+            proptest::prop_assert_eq!(PREFIX + len, framed.len());
+            proptest::prop_assert_eq!(PutRequest::decode(&framed[PREFIX..]).unwrap(), put);
+        }
+    }
 }

@@ -54,7 +54,8 @@
 //! preallocated space. A record is *bad* when its header is not a valid
 //! record header (marks, zero field, header checksum), when its kind is
 //! unknown, its index does not follow the previous record's (or is not the
-//! segment's first index), its term is lower than the previous term, its
+//! segment's first index) or is `u64::MAX` (no entry could follow it),
+//! its term is lower than the previous term, its
 //! length runs past the end of the file, or its payload checksum, padding
 //! or end mark is wrong.
 //!
@@ -251,7 +252,8 @@ pub struct Log {
 
 impl Log {
     /// Opens (creating) the log in `dir`; returns it and every entry with
-    /// index > `after` (the store's durable applied index), in order.
+    /// index > `after` (the store's durable applied index), in order. An
+    /// `after` of `u64::MAX` is a [`LogError::Mismatch`]: no entry follows.
     pub fn open(dir: &Path, after: u64) -> Result<(Log, Vec<Entry>), LogError> {
         Log::open_sized(dir, after, SEGMENT_BYTES)
     }
@@ -264,6 +266,12 @@ impl Log {
         segment_bytes: u64,
     ) -> Result<(Log, Vec<Entry>), LogError> {
         let segment_bytes = segment_bytes.max(SEGMENT_HEADER + ALIGN).div_ceil(ALIGN) * ALIGN;
+        if after == u64::MAX {
+            return Err(LogError::Mismatch {
+                dir: dir.to_path_buf(),
+                reason: format!("the store has applied up to entry {after}: no entry can follow"),
+            });
+        }
         create_dir(dir)?;
         let (segments, unfinished) = list_segments(dir)?;
 
@@ -839,7 +847,9 @@ fn scan(
         let claimed = at + head.record_len();
         let expect = last.map_or(first, |id| id.index + 1);
         let id = head.id;
-        let fault = if id.index != expect {
+        let fault = if id.index == u64::MAX {
+            Some(format!("entry {}: no entry can follow it", id.index))
+        } else if id.index != expect {
             Some(format!("entry {} where entry {expect} belongs", id.index))
         } else if id.term < min_term {
             Some(format!(
@@ -987,3 +997,6 @@ fn create_segment(
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod fuzz;

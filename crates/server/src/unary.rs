@@ -122,3 +122,90 @@ impl http_body::Body for OneMessage {
         self.data.is_none() && !self.trailers
     }
 }
+
+/// [`read`] against a model of gRPC's framing: any body, split anywhere
+/// into frames, gives the message it frames or the status grpc-go gives
+/// (a compressed flag, a length over the limit, a body cut short, bytes
+/// that do not decode), always with a message.
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::StreamBody;
+    use proptest::prelude::*;
+    use roster_proto::etcdserverpb::PutRequest;
+    use tonic::Code;
+
+    /// What [`read`] must make of `body`, read whole.
+    fn model(body: &[u8], limit: usize) -> Result<PutRequest, Code> {
+        let (compressed, len) = prefix(body).ok_or(Code::Internal)?;
+        if compressed {
+            return Err(Code::Unimplemented);
+        }
+        if len > limit {
+            return Err(Code::ResourceExhausted);
+        }
+        let msg = body.get(PREFIX..PREFIX + len).ok_or(Code::Internal)?;
+        PutRequest::decode(msg).map_err(|_| Code::Internal)
+    }
+
+    fn body() -> impl Strategy<Value = Vec<u8>> {
+        let put =
+            (any::<Vec<u8>>(), any::<Vec<u8>>(), any::<i64>()).prop_map(|(key, value, lease)| {
+                encode(&PutRequest {
+                    key,
+                    value,
+                    lease,
+                    ..Default::default()
+                })
+                .to_vec()
+            });
+        let damaged = (
+            put.clone(),
+            any::<u8>(),
+            any::<prop::sample::Index>(),
+            any::<Vec<u8>>(),
+        )
+            .prop_map(|(mut b, flag, cut, extra)| {
+                match flag % 4 {
+                    0 => b[0] = flag,
+                    1 => b.truncate(cut.index(b.len())),
+                    2 => b.extend(extra),
+                    _ => b[1..5].copy_from_slice(&u32::from(flag).to_be_bytes()),
+                }
+                b
+            });
+        prop_oneof![put, damaged, any::<Vec<u8>>()]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn read_follows_the_framing(
+            body in body(),
+            cuts in proptest::collection::vec(any::<prop::sample::Index>(), 0..4),
+            small in any::<bool>(),
+        ) {
+            let limit = if small { 24 } else { 1 << 20 };
+            let mut at: Vec<usize> = cuts.iter().map(|c| c.index(body.len() + 1)).collect();
+            at.push(0);
+            at.push(body.len());
+            at.sort();
+            let frames: Vec<Result<http_body::Frame<Bytes>, Status>> = at
+                .windows(2)
+                .map(|w| Ok(http_body::Frame::data(Bytes::copy_from_slice(&body[w[0]..w[1]]))))
+                .collect();
+            let stream = Body::new(StreamBody::new(tokio_stream::iter(frames)));
+            let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            let got = rt.block_on(read::<PutRequest>(stream, limit));
+            match (got, model(&body, limit)) {
+                (Ok(got), Ok(want)) => prop_assert_eq!(got, want),
+                (Err(status), Err(code)) => {
+                    prop_assert_eq!(status.code(), code);
+                    prop_assert!(!status.message().is_empty());
+                }
+                (got, want) => prop_assert!(false, "read {:?}, the model {:?}", got, want),
+            }
+        }
+    }
+}

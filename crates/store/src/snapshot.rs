@@ -986,3 +986,6 @@ pub fn save(store: &Store, out: &mut impl Write) -> Result<(), StoreError> {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod fuzz;

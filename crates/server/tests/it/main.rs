@@ -8,6 +8,9 @@
 //! - [`node`]: Roster's own machinery, which etcd does not share: group
 //!   commit, the write coalescing, compaction in pieces, log replay, the
 //!   hand-written KV endpoint's framing.
+//! - [`robust`]: hostile and arbitrary input to every RPC: answered, never
+//!   a panic or a dropped connection.
 
 mod node;
 pub mod portable;
+mod robust;
