@@ -2,11 +2,13 @@
 # 100k watchers and 100k kept-alive leases on one node, Roster and etcd 3.4:
 # memory per watcher, memory per lease and server CPU per keepalive.
 #
-#   scripts/bench-scale.sh [--quick] [--rounds N] [--out DIR] [--no-build]
+#   scripts/bench-scale.sh [--quick] [--rounds N] [--only LIVES] [--out DIR]
+#                          [--no-build]
 #
 # --quick    10k watchers and leases with short holds: a smoke run of about a
 #            minute. The full run takes about 5 minutes per round.
 # --rounds   rounds of roster, etcd (default 1); cells are medians.
+# --only     a comma-separated list of the lives below to run (default all).
 # --out      where raw results go (default bench/runs/<UTC date>-scale);
 #            raw.jsonl holds every measurement, timeline.tsv the server's
 #            CPU and RSS each second of every hold, table.md the table,
@@ -32,6 +34,12 @@
 #             /proc/PID/stat) over the hold, which begins once every lease
 #             is granted and the server has caught up with the keepalives
 #             sent meanwhile, divided by the keepalives answered in it.
+#   idle-crowd: N watchers on one prefix (1000 streams over 10 connections)
+#             that are never read, while 2 clients put 1 KiB values under
+#             it for 20 s (`roster bench watched-puts`): puts per second,
+#             and VmRSS while the puts run.
+#   reading-crowd: the same with every stream read as fast as the bench
+#             can, also counting the events that arrive.
 # The bench prints "holding" and "hold over" on stderr; the script reads
 # /proc when it sees them (polling every 20 ms), so its window matches the
 # bench's to within a few tens of milliseconds. The load generator shares
@@ -45,16 +53,20 @@ cd "$(dirname "$0")/.."
 quick=0
 rounds=1
 out=""
-USAGE="$0 [--quick] [--rounds N] [--out DIR] [--no-build]"
+only="streams,watchers,leases,idle-crowd,reading-crowd"
+USAGE="$0 [--quick] [--rounds N] [--only LIVES] [--out DIR] [--no-build]"
 # shellcheck disable=SC2034 # read by parse_args
-declare -A FLAGS=([--quick]=quick=1 [--rounds]=rounds [--out]=out [--no-build]=build=0)
+declare -A FLAGS=([--quick]=quick=1 [--rounds]=rounds [--only]=only [--out]=out
+  [--no-build]=build=0)
 parse_args "$@"
 
 if ((quick)); then
-  n=10000; watch_hold=5s; lease_hold=10s
+  n=10000; watch_hold=5s; lease_hold=10s; put_time=5s
 else
-  n=100000; watch_hold=20s; lease_hold=30s
+  n=100000; watch_hold=20s; lease_hold=30s; put_time=20s
 fi
+# wants LIFE: true if LIFE is among --only.
+wants() { [[ ",$only," == *",$1,"* ]]; }
 ttl=30
 
 need etcd etcd-server
@@ -85,6 +97,7 @@ start() {
 }
 
 median() { sort -n "$1" | awk '{v[NR] = $1} END {print NR ? v[int((NR + 1) / 2)] : "null"}'; }
+peak() { sort -n "$1" | tail -1 | grep . || echo null; }
 
 # hold ROUND SERVER LIFE ARGS...: runs `roster bench ARGS --json` against
 # the running server and records RSS before, RSS at the end of the hold,
@@ -95,7 +108,7 @@ hold() {
   : >"$err"
   # Let start-up work (etcd's first snapshot, allocator warm-up) settle.
   sleep 2
-  local rss0 anon0 bpid c0 c1 t0 t1 now next rss1 anon1 load
+  local rss0 anon0 bpid c0 c1 t0 t1 now next rss1 rss_peak anon1 load
   : >"$work/rss-samples"
   : >"$work/anon-samples"
   rss0=$(rss_kb "$pid")
@@ -129,6 +142,7 @@ hold() {
   c1=$(cpu_ticks "$pid")
   t1=$(date +%s%N)
   rss1=$(median "$work/rss-samples")
+  rss_peak=$(peak "$work/rss-samples")
   anon1=$(median "$work/anon-samples")
   local rc=0
   wait "$bpid" || rc=$?
@@ -139,8 +153,8 @@ hold() {
   local report
   report=$(cat "$json")
   [ -n "$report" ] || report=null
-  printf '{"round":%s,"server":"%s","life":"%s","n":%s,"rss_before_kb":%s,"rss_hold_kb":%s,"anon_before_kb":%s,"anon_hold_kb":%s,"cpu_s":%s,"window_s":%s,"exit":%s,"load":"%s","report":%s}\n' \
-    "$round" "$server" "$life" "$n" "$rss0" "$rss1" "$anon0" "$anon1" \
+  printf '{"round":%s,"server":"%s","life":"%s","n":%s,"rss_before_kb":%s,"rss_hold_kb":%s,"rss_peak_kb":%s,"anon_before_kb":%s,"anon_hold_kb":%s,"cpu_s":%s,"window_s":%s,"exit":%s,"load":"%s","report":%s}\n' \
+    "$round" "$server" "$life" "$n" "$rss0" "$rss1" "$rss_peak" "$anon0" "$anon1" \
     "$(awk -v a="$c0" -v b="$c1" 'BEGIN {print (b - a) / 100}')" \
     "$(awk -v a="$t0" -v b="$t1" 'BEGIN {print (b - a) / 1e9}')" \
     "$rc" "$load" "$report" >>"$raw"
@@ -155,18 +169,34 @@ hold() {
 
 for ((r = 1; r <= rounds; r++)); do
   for server in roster etcd; do
-    start "$server" "$work/$server-streams-$r"
-    hold "$r" "$server" streams hold-watchers --watchers 1000 --streams 1000 --conns 10 \
-      --hold 5s
-    stop_server
-    start "$server" "$work/$server-watch-$r"
-    hold "$r" "$server" watchers hold-watchers --watchers "$n" --streams 1000 --conns 10 \
-      --hold "$watch_hold"
-    stop_server
-    start "$server" "$work/$server-lease-$r"
-    hold "$r" "$server" leases hold-leases --leases "$n" --streams 100 --conns 10 \
-      --clients 100 --ttl "$ttl" --hold "$lease_hold" --no-revoke
-    stop_server
+    if wants streams; then
+      start "$server" "$work/$server-streams-$r"
+      hold "$r" "$server" streams hold-watchers --watchers 1000 --streams 1000 --conns 10 \
+        --hold 5s
+      stop_server
+    fi
+    if wants watchers; then
+      start "$server" "$work/$server-watch-$r"
+      hold "$r" "$server" watchers hold-watchers --watchers "$n" --streams 1000 --conns 10 \
+        --hold "$watch_hold"
+      stop_server
+    fi
+    if wants leases; then
+      start "$server" "$work/$server-lease-$r"
+      hold "$r" "$server" leases hold-leases --leases "$n" --streams 100 --conns 10 \
+        --clients 100 --ttl "$ttl" --hold "$lease_hold" --no-revoke
+      stop_server
+    fi
+    for life in idle-crowd reading-crowd; do
+      wants "$life" || continue
+      start "$server" "$work/$server-$life-$r"
+      read_flag=()
+      [ "$life" = reading-crowd ] && read_flag=(--read)
+      hold "$r" "$server" "$life" watched-puts --watchers "$n" --streams 1000 --conns 10 \
+        --clients 2 --val-size 1024 --duration "$put_time" --key-prefix /svc/crowd/ \
+        "${read_flag[@]}"
+      stop_server
+    done
   done
 done
 echo "load after: $(uptime)" | tee -a "$out/machine.txt"
@@ -221,6 +251,26 @@ table = [
     ("leases lost", "leases", lambda r: r["report"]["extra"]["lost_leases"], "leases"),
     ("wait after the last grant until caught up", "leases",
      lambda r: r["report"]["extra"]["settle_s"], "s"),
+    ("puts, watchers not reading", "idle-crowd", lambda r: r["report"]["rps"], "puts/s"),
+    ("put p50, watchers not reading", "idle-crowd",
+     lambda r: r["report"]["latency_ms"]["p50"], "ms"),
+    ("put p99, watchers not reading", "idle-crowd",
+     lambda r: r["report"]["latency_ms"]["p99"], "ms"),
+    ("RSS while putting, watchers not reading", "idle-crowd",
+     lambda r: mib(r["rss_hold_kb"]), "MiB"),
+    ("peak RSS while putting, watchers not reading", "idle-crowd",
+     lambda r: mib(r["rss_peak_kb"]), "MiB"),
+    ("puts, watchers reading", "reading-crowd", lambda r: r["report"]["rps"], "puts/s"),
+    ("put p50, watchers reading", "reading-crowd",
+     lambda r: r["report"]["latency_ms"]["p50"], "ms"),
+    ("put p99, watchers reading", "reading-crowd",
+     lambda r: r["report"]["latency_ms"]["p99"], "ms"),
+    ("events delivered, watchers reading", "reading-crowd",
+     lambda r: r["report"]["extra"]["events_per_s"], "events/s"),
+    ("RSS while putting, watchers reading", "reading-crowd",
+     lambda r: mib(r["rss_hold_kb"]), "MiB"),
+    ("peak RSS while putting, watchers reading", "reading-crowd",
+     lambda r: mib(r["rss_peak_kb"]), "MiB"),
 ]
 
 def fmt(x):
@@ -236,6 +286,8 @@ n = rows[0]["n"] if rows else 0
 print(f"| {n:,} watchers / leases | unit | roster | etcd 3.4 | roster/etcd |")
 print("|---|---|---|---|---|")
 for label, life, f, unit in table:
+    if not any(r["life"] == life for r in rows):
+        continue
     rs, rm = cell(vals("roster", life, f))
     es, em = cell(vals("etcd", life, f))
     ratio = f"{rm / em:.2f}×" if rm is not None and em else "–"

@@ -30,6 +30,13 @@ use super::hub::{encode_event, prev_of, Hub, Outbound, Selector, Watcher, FRAGME
 const QUEUE: usize = 256;
 /// Events read from storage per catch-up step.
 const CHUNK: usize = 1000;
+/// Bytes of events sent per catch-up step, about. A stream whose client
+/// does not read holds one step's events until it can send them, so this
+/// bounds what a stalled stream costs: with a thousand such streams, the
+/// difference between a thousand small events and a thousand large ones
+/// is a gigabyte. One HTTP/2 window's worth (64 KiB) is as much as a
+/// reading client takes in one go anyway.
+const STEP_BYTES: usize = 64 * 1024;
 /// The watch id etcd uses for stream-wide progress responses and refused
 /// creates.
 const PROGRESS_ALL_ID: i64 = -1;
@@ -342,11 +349,15 @@ impl StreamTask {
                     .map_err(|_| ())?
             };
             match read {
-                Ok((events, last)) => {
+                Ok((mut events, mut last)) => {
+                    events.retain(|e| sel.wants(e));
+                    if let Some(cut) = step_end(&events) {
+                        last = revision_of(&events[cut - 1]);
+                        events.truncate(cut);
+                    }
                     let store = self.hub.store();
                     let mine: Vec<Bytes> = events
                         .into_iter()
-                        .filter(|e| sel.wants(e))
                         .map(|mut e| {
                             if sel.prev_kv {
                                 e.prev_kv = prev_of(store, &e);
@@ -430,6 +441,24 @@ impl StreamTask {
         }
         Ok(())
     }
+}
+
+fn revision_of(e: &Event) -> i64 {
+    e.kv.as_ref().map_or(0, |kv| kv.mod_revision)
+}
+
+/// Where one catch-up step should stop taking `events` (in revision
+/// order), if before their end: after about [`STEP_BYTES`] of them, at the
+/// end of a revision, since a watcher's cursor moves by whole revisions.
+fn step_end(events: &[Event]) -> Option<usize> {
+    let mut size = 0;
+    for (i, e) in events.iter().enumerate() {
+        if size >= STEP_BYTES && revision_of(e) != revision_of(&events[i - 1]) {
+            return Some(i);
+        }
+        size += e.encoded_len();
+    }
+    None
 }
 
 /// Packs encoded events into responses: one, or for a watcher that asked
