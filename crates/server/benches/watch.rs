@@ -74,7 +74,7 @@ impl Fanout {
         let mut queues: Vec<Drain> = Vec::new();
         for range in ranges {
             let (tx, mut rx) = mpsc::channel(QUEUE);
-            let id = hub.open_stream(tx, Arc::new(Notify::new()));
+            let id = hub.open_stream(tx, Arc::default(), Arc::new(Notify::new()));
             let selector = Selector {
                 range,
                 no_put: false,

@@ -216,7 +216,7 @@ impl StateMachine {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use roster_proto::etcdserverpb::{
         CompactionRequest, LeaseCheckpoint, LeaseCheckpointRequest, LeaseGrantRequest,
         LeaseRevokeRequest, PutRequest,
@@ -229,7 +229,7 @@ mod tests {
         (sm, lessor)
     }
 
-    fn machine_and_hub(dir: &std::path::Path) -> (StateMachine, Arc<Lessor>, Arc<Hub>) {
+    pub(crate) fn machine_and_hub(dir: &std::path::Path) -> (StateMachine, Arc<Lessor>, Arc<Hub>) {
         std::fs::create_dir_all(dir).unwrap();
         let store = Arc::new(Store::open(&dir.join("db")).unwrap());
         let hub = Arc::new(Hub::new(store.clone(), 1, 1, 1));
@@ -238,7 +238,7 @@ mod tests {
         (sm, lessor, hub)
     }
 
-    fn cmd(kind: CommandKind) -> Command {
+    pub(crate) fn cmd(kind: CommandKind) -> Command {
         Command { kind: Some(kind) }
     }
 
@@ -351,7 +351,7 @@ mod tests {
         member.apply(&[(1, own)]).unwrap();
         let (tx, _rx) = tokio::sync::mpsc::channel(4);
         let wake = Arc::new(tokio::sync::Notify::new());
-        let stream = hub.open_stream(tx, wake.clone());
+        let stream = hub.open_stream(tx, Arc::default(), wake.clone());
         let selector = crate::watch::hub::Selector {
             range: roster_store::index::KeyRange::new(b"svc/", b"svc0"),
             prev_kv: false,

@@ -20,6 +20,62 @@ use super::index::{Slot, WatchIndex, WatcherId};
 /// already encoded (see `proto/roster/watch.proto`).
 pub type Outbound = mpsc::Sender<Result<EncodedWatchResponse, tonic::Status>>;
 
+/// The bytes a stream has queued and its client has not yet taken.
+///
+/// The queue is bounded in responses, which bounds live delivery (its
+/// responses share their events' bytes) but not catch-up, whose responses
+/// are each a step of history. Catch-up waits for the bytes queued to fall
+/// under a budget before it reads its next step ([`Queued::drained`]), so
+/// that a slow client holds at most the budget and a step. Whoever sends
+/// adds ([`Queued::add`]) before sending; whoever takes subtracts.
+#[derive(Default)]
+pub struct Queued {
+    bytes: std::sync::atomic::AtomicUsize,
+    drained: Notify,
+}
+
+/// Bytes a response holds in the queue: about its encoded size.
+pub fn queued_len(r: &Result<EncodedWatchResponse, tonic::Status>) -> usize {
+    r.as_ref().map_or(0, |r| r.encoded_len())
+}
+
+impl Queued {
+    /// Counts `n` bytes about to be queued.
+    pub fn add(&self, n: usize) {
+        self.bytes
+            .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Counts `n` bytes taken off the queue (or that failed to go on it).
+    pub fn taken(&self, n: usize) {
+        let before = self
+            .bytes
+            .fetch_sub(n, std::sync::atomic::Ordering::Relaxed);
+        if before.saturating_sub(n) <= QUEUED_BUDGET {
+            self.drained.notify_one();
+        }
+    }
+
+    /// Bytes queued now.
+    pub fn bytes(&self) -> usize {
+        self.bytes.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Waits until no more than [`QUEUED_BUDGET`] bytes are queued.
+    pub async fn drained(&self) {
+        loop {
+            let notified = self.drained.notified();
+            if self.bytes.load(std::sync::atomic::Ordering::Relaxed) <= QUEUED_BUDGET {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// Bytes a stream may have queued before its catch-up waits.
+pub const QUEUED_BUDGET: usize = 256 * 1024;
+
 /// Encodes an event once, for every response that carries it.
 pub fn encode_event(e: &Event) -> Bytes {
     Bytes::from(e.encode_to_vec())
@@ -95,6 +151,8 @@ pub struct StreamEntry {
     behind: BTreeSet<i64>,
     /// The stream's outbound queue.
     pub tx: Outbound,
+    /// The bytes in it.
+    pub queued: Arc<Queued>,
     /// Wakes the stream's catch-up task.
     pub wake: Arc<Notify>,
 }
@@ -251,7 +309,7 @@ impl Hub {
     }
 
     /// Registers a new stream; returns its id.
-    pub fn open_stream(&self, tx: Outbound, wake: Arc<Notify>) -> u64 {
+    pub fn open_stream(&self, tx: Outbound, queued: Arc<Queued>, wake: Arc<Notify>) -> u64 {
         let mut st = self.state.lock();
         let id = st.next_stream;
         st.next_stream += 1;
@@ -261,6 +319,7 @@ impl Hub {
                 watchers: HashMap::new(),
                 behind: BTreeSet::new(),
                 tx,
+                queued,
                 wake,
             },
         );
@@ -373,8 +432,12 @@ impl Hub {
             };
             // Large responses that must be fragmented go the catch-up way,
             // which can send several messages in order.
-            let too_big = w.selector.fragment && resp.encoded_len() > FRAGMENT_BYTES;
-            if too_big || stream.tx.try_send(Ok(resp)).is_err() {
+            let len = resp.encoded_len();
+            let too_big = w.selector.fragment && len > FRAGMENT_BYTES;
+            stream.queued.add(len);
+            let sent = !too_big && stream.tx.try_send(Ok(resp)).is_ok();
+            if !sent {
+                stream.queued.taken(len);
                 // A watcher's cursor moves only when it is sent something,
                 // so catch-up starts from this batch at the latest.
                 w.next_rev = w.next_rev.max(first_rev);
@@ -430,7 +493,7 @@ mod tests {
         for _ in 0..streams {
             // Room for one response per stream.
             let (tx, rx) = mpsc::channel(1);
-            let id = hub.open_stream(tx, Arc::new(Notify::new()));
+            let id = hub.open_stream(tx, Arc::default(), Arc::new(Notify::new()));
             queues.push(rx);
             let mut st = hub.state.lock();
             for w in 0..per_stream {

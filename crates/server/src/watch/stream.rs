@@ -17,13 +17,14 @@ use roster_proto::roster::EncodedWatchResponse;
 use roster_store::index::KeyRange;
 use roster_store::StoreError;
 use tokio::sync::{mpsc, Notify};
-use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Status, Streaming};
 
 use crate::error::recv_error;
 
-use super::hub::{encode_event, prev_of, Hub, Outbound, Selector, Watcher, FRAGMENT_BYTES};
+use super::hub::{
+    encode_event, prev_of, queued_len, Hub, Outbound, Queued, Selector, Watcher, FRAGMENT_BYTES,
+};
 
 /// Responses queued per stream before live delivery switches a watcher to
 /// catch-up.
@@ -82,31 +83,58 @@ pub fn local_watch(hub: &Arc<Hub>, create: WatchCreateRequest) -> LocalWatch {
 
 /// Registers a stream with the hub and spawns the task serving it; returns
 /// the stream's outbound queue.
-fn spawn_stream<S>(
-    hub: &Arc<Hub>,
-    inbound: S,
-    tick: Duration,
-) -> mpsc::Receiver<Result<EncodedWatchResponse, Status>>
+fn spawn_stream<S>(hub: &Arc<Hub>, inbound: S, tick: Duration) -> Outbox
 where
     S: Stream<Item = Result<WatchRequest, Status>> + Unpin + Send + 'static,
 {
     let (tx, rx) = mpsc::channel(QUEUE);
     let wake = Arc::new(Notify::new());
-    let id = hub.open_stream(tx.clone(), wake.clone());
+    let queued = Arc::new(Queued::default());
+    let id = hub.open_stream(tx.clone(), queued.clone(), wake.clone());
     let task = StreamTask {
         hub: hub.clone(),
         id,
         tx,
+        queued: queued.clone(),
         next_auto_id: 0,
         progress_pending: false,
     };
     tokio::spawn(task.run(inbound, wake, tick));
-    rx
+    Outbox { rx, queued }
+}
+
+/// The receiving end of a stream's queue, which counts what it takes.
+struct Outbox {
+    rx: mpsc::Receiver<Result<EncodedWatchResponse, Status>>,
+    queued: Arc<Queued>,
+}
+
+impl Outbox {
+    async fn recv(&mut self) -> Option<Result<EncodedWatchResponse, Status>> {
+        let r = self.rx.recv().await?;
+        self.queued.taken(queued_len(&r));
+        Some(r)
+    }
+}
+
+impl Stream for Outbox {
+    type Item = Result<EncodedWatchResponse, Status>;
+
+    fn poll_next(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        let polled = self.rx.poll_recv(cx);
+        if let std::task::Poll::Ready(Some(r)) = &polled {
+            self.queued.taken(queued_len(r));
+        }
+        polled
+    }
 }
 
 /// The receiving end of a [`local_watch`].
 pub struct LocalWatch {
-    rx: mpsc::Receiver<Result<EncodedWatchResponse, Status>>,
+    rx: Outbox,
 }
 
 impl LocalWatch {
@@ -140,8 +168,7 @@ impl WatchService {
     /// Serves one watch stream: its requests come in on `inbound`, its
     /// responses go out on the returned stream.
     pub fn open(&self, inbound: Streaming<WatchRequest>) -> WatchStream {
-        let rx = spawn_stream(&self.hub, inbound, self.progress_interval);
-        Box::pin(ReceiverStream::new(rx))
+        Box::pin(spawn_stream(&self.hub, inbound, self.progress_interval))
     }
 }
 
@@ -149,6 +176,7 @@ struct StreamTask {
     hub: Arc<Hub>,
     id: u64,
     tx: Outbound,
+    queued: Arc<Queued>,
     next_auto_id: i64,
     /// A progress request waits for catch-up to finish.
     progress_pending: bool,
@@ -197,7 +225,13 @@ impl StreamTask {
     }
 
     async fn send(&self, resp: EncodedWatchResponse) -> Result<(), ()> {
-        self.tx.send(Ok(resp)).await.map_err(|_| ())
+        let len = resp.encoded_len();
+        self.queued.add(len);
+        let sent = self.tx.send(Ok(resp)).await;
+        if sent.is_err() {
+            self.queued.taken(len);
+        }
+        sent.map_err(|_| ())
     }
 
     async fn handle(&mut self, req: WatchRequest) -> Result<(), ()> {
@@ -341,6 +375,12 @@ impl StreamTask {
             let Some((id, sel, from)) = job else {
                 return self.answer_progress().await;
             };
+            // What a client has not taken yet stays queued: read no more
+            // history until most of it is gone, or the client is.
+            tokio::select! {
+                _ = self.queued.drained() => {}
+                _ = self.tx.closed() => return Err(()),
+            }
             let store = self.hub.store().clone();
             let read = {
                 let range = sel.range.clone();
@@ -505,4 +545,64 @@ fn responses(
             ..Default::default()
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use roster_proto::etcdserverpb::PutRequest;
+    use roster_store::CommandKind;
+
+    use super::*;
+    use crate::state::tests::{cmd, machine_and_hub};
+    use crate::watch::hub::QUEUED_BUDGET;
+
+    /// A watcher from an old revision whose client reads nothing: catch-up
+    /// queues about the budget and one step, not a queue full of steps;
+    /// once the client reads, every event arrives, in order, once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn catch_up_for_a_client_that_does_not_read_is_bounded_in_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let (sm, _lessor, hub) = machine_and_hub(dir.path());
+        let puts = 2000;
+        for i in 0..puts {
+            let put = CommandKind::Put(PutRequest {
+                key: format!("svc/{i:05}").into_bytes(),
+                value: vec![b'v'; 1024],
+                ..Default::default()
+            });
+            sm.apply(&[(i + 1, cmd(put))]).unwrap();
+        }
+        let create = WatchCreateRequest {
+            key: b"svc/".to_vec(),
+            range_end: b"svc0".to_vec(),
+            start_revision: 1,
+            ..Default::default()
+        };
+        let mut watch = local_watch(&hub, create);
+        let queued = watch.rx.queued.clone();
+        let bound = QUEUED_BUDGET + STEP_BYTES + 2048;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while queued.bytes() <= QUEUED_BUDGET {
+            assert!(tokio::time::Instant::now() < deadline, "catch-up stalled");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        // Catch-up has reached the budget. It must stop there: give it
+        // time to run on if it would (2 MiB of history is waiting).
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(
+            queued.bytes() <= bound,
+            "{} bytes queued for a client that reads nothing",
+            queued.bytes()
+        );
+
+        let mut next = 2;
+        while next <= puts as i64 + 1 {
+            let r = watch.recv().await.unwrap().unwrap();
+            assert!(queued.bytes() <= bound);
+            for e in r.events {
+                assert_eq!(e.kv.unwrap().mod_revision, next);
+                next += 1;
+            }
+        }
+    }
 }
