@@ -621,7 +621,8 @@ impl Store {
     /// Changes to keys in `range` from revision `from` on, as watch events
     /// in revision order, read from storage.
     ///
-    /// Reads whole revisions until at least `limit` events are collected (a
+    /// Reads whole revisions until at least `limit` events are collected or
+    /// at least `max_bytes` of records (of any key) have been read (a
     /// revision is never split), and returns the events with the last
     /// revision covered: the next call should start one above it. Fails
     /// with `Compacted` when `from` is below the compacted revision.
@@ -630,6 +631,7 @@ impl Store {
         from: i64,
         range: &KeyRange,
         limit: usize,
+        max_bytes: usize,
     ) -> Result<(Vec<Event>, i64), StoreError> {
         let st = self.state.read();
         if from < st.compact_rev {
@@ -647,25 +649,30 @@ impl Store {
             sub: 0,
         }
         .to_u128();
-        let (recent, stored_end) = st.recent_records(start..end);
+        // Copies of recent records are made under the state lock, so no
+        // more of them than one call can use.
+        let (recent, stored_end, copied_to) = st.recent_records(start..end, max_bytes);
         drop(st);
         let kv = tx.open_table(KV)?;
         let limit = limit.max(1);
         let mut events = Vec::new();
         let mut last = upto;
         let mut current = None;
-        // Takes the record at `rev`; false once the limit is reached at a
+        let mut read = 0;
+        // Takes the record at `rev`; false once a limit is reached at a
         // revision's end.
         let mut take = |rev: u128, rec: &[u8]| -> Result<bool, StoreError> {
             let rev = Revision::from_u128(rev);
             if current != Some(rev.main) {
                 // A new revision starts: the previous one is complete.
-                if let (Some(done), true) = (current, events.len() >= limit) {
+                let full = events.len() >= limit || read >= max_bytes;
+                if let (Some(done), true) = (current, full) {
                     last = done;
                     return Ok(false);
                 }
                 current = Some(rev.main);
             }
+            read += rec.len();
             let (kv, tombstone) = decode(rec)?;
             if range.contains(&kv.key) {
                 let r#type = if tombstone {
@@ -694,9 +701,14 @@ impl Store {
         if more {
             for (rev, rec) in &recent {
                 if !take(*rev, rec)? {
+                    more = false;
                     break;
                 }
             }
+        }
+        // All that was copied was taken, but the copy stopped short.
+        if let (true, Some(cut)) = (more, copied_to) {
+            last = cut;
         }
         Ok((events, last))
     }
@@ -859,8 +871,13 @@ impl State {
     /// two while a checkpoint runs), and where in `range` redb's own
     /// records stop counting: from the first frozen or pending record on,
     /// redb's are copies, from a checkpoint that has committed but not yet
-    /// forgotten them.
-    fn recent_records(&self, range: std::ops::Range<u128>) -> (Vec<(u128, Vec<u8>)>, u128) {
+    /// forgotten them. The copy stops at the first revision boundary after
+    /// `max_bytes`, and then also answers the last revision copied whole.
+    fn recent_records(
+        &self,
+        range: std::ops::Range<u128>,
+        max_bytes: usize,
+    ) -> (Records, u128, Option<i64>) {
         let frozen = self.frozen.as_deref().map(Frozen::writes);
         let layers = frozen.into_iter().chain([&self.pending]);
         let stored_end = layers
@@ -868,13 +885,25 @@ impl State {
             .filter_map(Pending::first_record)
             .next()
             .map_or(range.end, |first| first.min(range.end));
-        let recent = layers
-            .flat_map(|layer| layer.records_in(range.clone()))
-            .map(|(rev, rec)| (rev, rec.to_vec()))
-            .collect();
-        (recent, stored_end)
+        let mut recent: Records = Vec::new();
+        let mut bytes = 0;
+        for (rev, rec) in layers.flat_map(|layer| layer.records_in(range.clone())) {
+            if bytes >= max_bytes {
+                let main = |r: u128| Revision::from_u128(r).main;
+                let prev = recent.last().map(|(p, _)| main(*p));
+                if let Some(prev) = prev.filter(|&p| p != main(rev)) {
+                    return (recent, stored_end, Some(prev));
+                }
+            }
+            bytes += rec.len();
+            recent.push((rev, rec.to_vec()));
+        }
+        (recent, stored_end, None)
     }
 }
+
+/// Records by revision (as `u128`), copied.
+type Records = Vec<(u128, Vec<u8>)>;
 
 /// Opens (or creates) the redb file at `path` with the store's cache, every
 /// page checksum verified (`docs/decisions.md`, entry 32).

@@ -74,7 +74,7 @@ impl Queued {
 }
 
 /// Bytes a stream may have queued before its catch-up waits.
-pub const QUEUED_BUDGET: usize = 256 * 1024;
+pub const QUEUED_BUDGET: usize = 64 * 1024;
 
 /// Encodes an event once, for every response that carries it.
 pub fn encode_event(e: &Event) -> Bytes {
@@ -270,7 +270,14 @@ pub struct Hub {
     store: Arc<Store>,
     /// Cluster id, member id and term, for response headers.
     member: (u64, u64, u64),
+    /// Catch-up reads running at once, over all streams.
+    reads: tokio::sync::Semaphore,
 }
+
+/// Catch-up reads of history that may run at once. They are CPU work on
+/// blocking threads: more at once than there are cores would only add
+/// threads, each with a step of history in hand, and finish no sooner.
+pub const CATCH_UP_READS: usize = 4;
 
 /// The key-value an event's key had just before the event.
 pub fn prev_of(store: &Store, e: &Event) -> Option<KeyValue> {
@@ -290,12 +297,22 @@ impl Hub {
             }),
             store,
             member: (cluster_id, member_id, term),
+            reads: tokio::sync::Semaphore::new(CATCH_UP_READS),
         }
     }
 
     /// The store, for catch-up reads.
     pub fn store(&self) -> &Arc<Store> {
         &self.store
+    }
+
+    /// Waits for a turn to read history for catch-up; the turn lasts as
+    /// long as the permit.
+    pub async fn read_turn(&self) -> tokio::sync::SemaphorePermit<'_> {
+        self.reads
+            .acquire()
+            .await
+            .expect("the hub never closes its semaphore")
     }
 
     /// A response header at `revision`.

@@ -31,12 +31,12 @@ use super::hub::{
 const QUEUE: usize = 256;
 /// Events read from storage per catch-up step.
 const CHUNK: usize = 1000;
-/// Bytes of events sent per catch-up step, about. A stream whose client
-/// does not read holds one step's events until it can send them, so this
-/// bounds what a stalled stream costs: with a thousand such streams, the
-/// difference between a thousand small events and a thousand large ones
-/// is a gigabyte. One HTTP/2 window's worth (64 KiB) is as much as a
-/// reading client takes in one go anyway.
+/// Bytes of history read per catch-up step, about (whole revisions). Each
+/// stream catching up holds a step while it reads and sends it, so this
+/// bounds what catching up costs: with a thousand streams, the difference
+/// between a thousand small events and a thousand large ones is a
+/// gigabyte. One HTTP/2 window's worth (64 KiB) is as much as a reading
+/// client takes in one go anyway.
 const STEP_BYTES: usize = 64 * 1024;
 /// The watch id etcd uses for stream-wide progress responses and refused
 /// creates.
@@ -384,20 +384,17 @@ impl StreamTask {
             let store = self.hub.store().clone();
             let read = {
                 let range = sel.range.clone();
-                tokio::task::spawn_blocking(move || store.events(from, &range, CHUNK))
+                let _turn = self.hub.read_turn().await;
+                tokio::task::spawn_blocking(move || store.events(from, &range, CHUNK, STEP_BYTES))
                     .await
                     .map_err(|_| ())?
             };
             match read {
-                Ok((mut events, mut last)) => {
-                    events.retain(|e| sel.wants(e));
-                    if let Some(cut) = step_end(&events) {
-                        last = revision_of(&events[cut - 1]);
-                        events.truncate(cut);
-                    }
+                Ok((events, last)) => {
                     let store = self.hub.store();
                     let mine: Vec<Bytes> = events
                         .into_iter()
+                        .filter(|e| sel.wants(e))
                         .map(|mut e| {
                             if sel.prev_kv {
                                 e.prev_kv = prev_of(store, &e);
@@ -481,24 +478,6 @@ impl StreamTask {
         }
         Ok(())
     }
-}
-
-fn revision_of(e: &Event) -> i64 {
-    e.kv.as_ref().map_or(0, |kv| kv.mod_revision)
-}
-
-/// Where one catch-up step should stop taking `events` (in revision
-/// order), if before their end: after about [`STEP_BYTES`] of them, at the
-/// end of a revision, since a watcher's cursor moves by whole revisions.
-fn step_end(events: &[Event]) -> Option<usize> {
-    let mut size = 0;
-    for (i, e) in events.iter().enumerate() {
-        if size >= STEP_BYTES && revision_of(e) != revision_of(&events[i - 1]) {
-            return Some(i);
-        }
-        size += e.encoded_len();
-    }
-    None
 }
 
 /// Packs encoded events into responses: one, or for a watcher that asked

@@ -73,7 +73,7 @@ impl Store {
         .to_u128();
         // As in `events`: records still in memory are copied, and redb's
         // from the first of them on are copies of theirs.
-        let (recent, stored_end) = st.recent_records(0..end);
+        let (recent, stored_end, _) = st.recent_records(0..end, usize::MAX);
         drop(st);
         let kv = tx.open_table(KV)?;
         // Records below this one are at or below the compacted revision.

@@ -33,7 +33,7 @@ fn readers_see_each_record_once_across_checkpoints() {
             let all = KeyRange::new(&[0], &[0]);
             let mut reads = 0u64;
             while !done.load(Ordering::Relaxed) {
-                let (events, last) = store.events(1, &all, usize::MAX).unwrap();
+                let (events, last) = store.events(1, &all, usize::MAX, usize::MAX).unwrap();
                 let revs: Vec<i64> = events
                     .iter()
                     .map(|e| e.kv.as_ref().unwrap().mod_revision)
@@ -66,7 +66,7 @@ fn readers_see_each_record_once_across_checkpoints() {
     let reads = reader.join().unwrap();
     assert!(reads > 0);
     let (events, last) = store
-        .events(1, &KeyRange::new(&[0], &[0]), usize::MAX)
+        .events(1, &KeyRange::new(&[0], &[0]), usize::MAX, usize::MAX)
         .unwrap();
     assert_eq!(events.len(), 3000);
     assert_eq!(last, 3001);
@@ -129,7 +129,7 @@ fn checkpoints_beside_applies_and_compactions_lose_nothing() {
                 // Every revision above the compacted one, once and in order,
                 // from wherever each record is held.
                 let from = store.compact_revision() + 1;
-                match store.events(from.max(1), &all, usize::MAX) {
+                match store.events(from.max(1), &all, usize::MAX, usize::MAX) {
                     Ok((events, last)) => {
                         let revs: Vec<i64> = events
                             .iter()

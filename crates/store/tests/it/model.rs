@@ -938,7 +938,7 @@ impl Harness {
                 let all = KeyRange::new(&[0], &[0]);
                 let (got, last) = self
                     .store()
-                    .events(from, &all, usize::MAX)
+                    .events(from, &all, usize::MAX, usize::MAX)
                     .map_err(|e| fail("events", e))?;
                 let want: Vec<&Event> = self
                     .events
@@ -947,6 +947,29 @@ impl Harness {
                     .collect();
                 prop_assert_eq!(got.iter().collect::<Vec<_>>(), want, "events from {}", from);
                 prop_assert_eq!(last, self.model.rev());
+                // Read in small steps, by count and by bytes, the same
+                // events come, each step ending at a whole revision.
+                for (limit, max_bytes) in [(2, usize::MAX), (usize::MAX, 1), (3, 200)] {
+                    let (mut paged, mut at) = (Vec::new(), from);
+                    loop {
+                        let (step, last) = self
+                            .store()
+                            .events(at, &all, limit, max_bytes)
+                            .map_err(|e| fail("events in steps", e))?;
+                        let inside = step.iter().all(|e| {
+                            e.kv.as_ref()
+                                .is_some_and(|kv| (at..=last).contains(&kv.mod_revision))
+                        });
+                        prop_assert!(inside, "a step went past its last revision");
+                        paged.extend(step);
+                        if last >= self.model.rev() {
+                            break;
+                        }
+                        prop_assert!(last >= at, "a step made no progress");
+                        at = last + 1;
+                    }
+                    prop_assert_eq!(&paged, &got, "events in steps of {:?}", (limit, max_bytes));
+                }
             }
             Step::Reopen => {
                 self.store()
