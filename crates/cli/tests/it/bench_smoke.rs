@@ -275,3 +275,36 @@ fn hold_scenarios_keep_every_watcher_and_lease() {
     let answered = r["count"].as_u64().unwrap();
     assert!((300..=500).contains(&answered), "{r}");
 }
+
+/// A crowd of watchers on the written prefix, unread and then read: every
+/// put is served and counted, and reading streams receive events.
+#[test]
+fn watched_puts_serve_every_put_whether_watchers_read_or_not() {
+    let server = Roster::start();
+    let ep = server.endpoint.as_str();
+    let before = revision(ep);
+    let common = [
+        "watched-puts",
+        "--endpoints",
+        ep,
+        "--watchers",
+        "1000",
+        "--streams",
+        "20",
+        "--conns",
+        "2",
+        "--clients",
+        "2",
+        "--total",
+        "200",
+        "--val-size",
+        "1024",
+    ];
+    let idle = bench(&common);
+    check(&idle, "watched-puts", 200);
+    assert_eq!(idle["params"]["read"], false, "{idle}");
+    let read = bench(&[&common[..], &["--read"]].concat());
+    check(&read, "watched-puts", 200);
+    assert!(read["extra"]["events_delivered"].as_u64().unwrap() > 0, "{read}");
+    assert_eq!(revision(ep), before + 400);
+}
