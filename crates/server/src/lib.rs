@@ -1,8 +1,10 @@
 //! A Roster node: the etcd v3 gRPC API over the MVCC store.
 //!
 //! The ladder, top to bottom, each rung knowing only the one below:
-//! - [`mod@serve`]: listeners and graceful shutdown; [`coalesce`] lets the
-//!   answers of one commit leave a connection in one write.
+//! - [`mod@serve`]: listeners and graceful shutdown; `accept` takes
+//!   connections without letting clients take the node's last descriptors;
+//!   [`coalesce`] lets the answers of one commit leave a connection in one
+//!   write.
 //! - [`service`]: one thin gRPC service per etcd service — validate
 //!   ([`validate`]), call the node, map errors once ([`error`]), fill headers.
 //!   The KV endpoint reads and answers its unary calls itself (`unary`).
@@ -18,6 +20,7 @@
 //! [`roster_store::Command`]s proposed to consensus and are answered once
 //! durable.
 
+mod accept;
 pub mod coalesce;
 pub mod config;
 pub mod consensus;

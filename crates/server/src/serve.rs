@@ -5,6 +5,10 @@
 //! the real port. Shutdown is injected as a future: when it resolves, or when
 //! the write path fails, every listener stops accepting, in-flight requests
 //! finish, and then the writer drains and stops.
+//!
+//! Connections are accepted by `accept`, which backs off when
+//! accepting fails and keeps the last descriptors under the open-file
+//! limit for the node's own files.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -16,9 +20,9 @@ use roster_proto::v3electionpb::election_server::ElectionServer;
 use roster_proto::v3lockpb::lock_server::LockServer;
 use tokio::net::TcpListener;
 use tokio_stream::StreamExt;
-use tonic::transport::server::TcpIncoming;
 use tonic::transport::Server;
 
+use crate::accept::Incoming;
 use crate::coalesce::Coalesce;
 use crate::config::GRPC_OVERHEAD_BYTES;
 use crate::node::Node;
@@ -95,12 +99,8 @@ pub async fn serve(
                     .max_decoding_message_size(limit),
             );
         let mut rx = stop_rx.clone();
-        // Without TCP_NODELAY a small response written after a small
-        // request waits for the peer's delayed ACK (40 ms on Linux): that
-        // is what a watch event or a keepalive answer is.
         let backlog = node.backlog();
-        let incoming = TcpIncoming::from(listener)
-            .with_nodelay(Some(true))
+        let incoming = Incoming::new(listener)
             .map(move |conn| conn.map(|io| Coalesce::new(io, backlog.clone())));
         servers.spawn(router.serve_with_incoming_shutdown(incoming, async move {
             let _ = rx.wait_for(|stop| *stop).await;

@@ -176,6 +176,33 @@ impl Proc {
         .await
     }
 
+    /// The CPU time the child has used so far, user and system.
+    #[cfg(target_os = "linux")]
+    pub fn cpu_time(&self) -> Duration {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid()))
+            .expect("read /proc/PID/stat");
+        // The command name, in parentheses, may hold spaces: count the
+        // fields after it. utime and stime are the 14th and 15th.
+        let rest = stat.rsplit_once(')').expect("comm in /proc/PID/stat").1;
+        let ticks: u64 = rest
+            .split_whitespace()
+            .skip(11)
+            .take(2)
+            .map(|v| v.parse::<u64>().expect("utime, stime"))
+            .sum();
+        let hz = rustix::param::clock_ticks_per_second();
+        Duration::from_nanos(ticks * 1_000_000_000 / hz)
+    }
+
+    /// The share of one core the child uses over `window`, which the
+    /// caller waits out: a measurement, not a wait for an event.
+    #[cfg(target_os = "linux")]
+    pub async fn cpu_share(&self, window: Duration) -> f64 {
+        let (used, at) = (self.cpu_time(), Instant::now());
+        tokio::time::sleep(window).await;
+        (self.cpu_time() - used).as_secs_f64() / at.elapsed().as_secs_f64()
+    }
+
     /// The child's peak resident memory (`VmHWM`), in bytes.
     #[cfg(target_os = "linux")]
     pub fn peak_rss(&self) -> u64 {

@@ -7,7 +7,7 @@
 //!   (`scripts/test.sh` runs both), so what they expect is etcd's answer.
 //! - [`node`]: Roster's own machinery, which etcd does not share: group
 //!   commit, the write coalescing, compaction in pieces, log replay, the
-//!   hand-written KV endpoint's framing.
+//!   hand-written KV endpoint's framing, the accept loop out of descriptors.
 //! - [`robust`]: hostile and arbitrary input to every RPC: answered, never
 //!   a panic or a dropped connection.
 

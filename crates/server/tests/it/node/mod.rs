@@ -1,5 +1,6 @@
 //! Roster's own machinery, tested on a node opened in the test.
 
+mod accept;
 mod coalesce;
 mod compaction;
 mod group_commit;
