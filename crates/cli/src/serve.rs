@@ -87,9 +87,7 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
         let mut listeners = Vec::new();
         for url in &args.listen_client_urls {
             for addr in parse_url(url)? {
-                let l = TcpListener::bind(addr)
-                    .await
-                    .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+                let l = listen(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
                 listeners.push(l);
             }
         }
@@ -143,6 +141,26 @@ async fn shutdown_signal() {
 /// start: every client connection and watch stream holds a descriptor,
 /// and the usual soft limit of 1024 is reached by 1000 clients, after
 /// which the next log segment cannot be created either. Logs both limits.
+/// Connections a listener queues before they are accepted. The kernel caps
+/// it at `net.core.somaxconn` (4096 on current Linux), which is what Go,
+/// and so etcd, asks for; tokio's default of 1024 overflowed when 2,000
+/// clients connected at once, and an overflowing queue leaves clients
+/// retrying their handshake for seconds.
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// A listener on `addr`, with address reuse as `TcpListener::bind` sets it
+/// and [`LISTEN_BACKLOG`].
+fn listen(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 fn raise_fd_limit() {
     use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
     let limit = getrlimit(Resource::Nofile);
