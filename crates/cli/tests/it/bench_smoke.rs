@@ -305,6 +305,9 @@ fn watched_puts_serve_every_put_whether_watchers_read_or_not() {
     assert_eq!(idle["params"]["read"], false, "{idle}");
     let read = bench(&[&common[..], &["--read"]].concat());
     check(&read, "watched-puts", 200);
-    assert!(read["extra"]["events_delivered"].as_u64().unwrap() > 0, "{read}");
+    assert!(
+        read["extra"]["events_delivered"].as_u64().unwrap() > 0,
+        "{read}"
+    );
     assert_eq!(revision(ep), before + 400);
 }

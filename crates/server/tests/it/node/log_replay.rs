@@ -72,3 +72,48 @@ fn a_replayed_compaction_removes_its_records_at_once() {
     );
     node.stop();
 }
+
+/// Writes a valid put at index 1 and `payload` as the command at index 2,
+/// in a fresh data directory's log; the store applied neither.
+fn log_with(dir: &std::path::Path, payload: &[u8]) {
+    let store = Store::open(&dir.join(DB_FILE)).unwrap();
+    let (mut log, _) = Log::open(&dir.join(WAL_DIR), store.applied_index()).unwrap();
+    let first = put("k", "v").encode_to_vec();
+    let record = |index, payload| Record {
+        id: LogId { term: 2, index },
+        kind: EntryKind::Command,
+        payload,
+    };
+    log.append(&[record(1, &first), record(2, payload)])
+        .unwrap();
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::test_runner::Config::with_cases(48))]
+
+    /// Whatever bytes a logged command holds (a log written by a newer or
+    /// a broken build): the node starts and has applied both entries, or
+    /// refuses to start, saying which entry, with nothing applied.
+    #[test]
+    fn a_logged_command_of_any_bytes_is_replayed_or_refused_whole(
+        payload in proptest::collection::vec(proptest::num::u8::ANY, 0..64),
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        log_with(dir.path(), &payload);
+        match Node::open(Config::new(dir.path())) {
+            Ok(node) => {
+                proptest::prop_assert_eq!(node.store.applied_index(), 2);
+                node.stop();
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                let clear = msg.contains("log entry 2 does not decode")
+                    || msg.contains("replaying the log");
+                proptest::prop_assert!(clear, "not a clear refusal: {}", msg);
+                let store = Store::open(&dir.path().join(DB_FILE)).unwrap();
+                proptest::prop_assert_eq!(store.applied_index(), 0);
+                proptest::prop_assert_eq!(store.record_count().unwrap(), 0);
+            }
+        }
+    }
+}
