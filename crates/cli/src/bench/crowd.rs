@@ -29,13 +29,14 @@ use std::sync::Arc;
 
 use clap::Args;
 use roster_proto::etcdserverpb::kv_client::KvClient;
-use roster_proto::etcdserverpb::{PutRequest, WatchCreateRequest};
+use roster_proto::etcdserverpb::WatchCreateRequest;
 use roster_proto::prefix_end;
 use serde_json::{json, Map};
 
 use super::conn::Conn;
-use super::driver::{set_up_in_order, status_text, Worker};
-use super::keys::{KeyArgs, KeyGen, Rng};
+use super::driver::set_up_in_order;
+use super::keys::{KeyArgs, Rng};
+use super::kv::PutWorker;
 use super::report::Recorder;
 use super::watch::WatchStream;
 use super::{emit, finish, Common};
@@ -57,24 +58,6 @@ pub struct WatchedPutsArgs {
     /// are created.
     #[arg(long)]
     read: bool,
-}
-
-struct PutWorker {
-    kv: KvClient<Conn>,
-    keys: KeyGen,
-    rng: Rng,
-    value: Vec<u8>,
-}
-
-impl Worker for PutWorker {
-    async fn op(&mut self, seq: u64) -> Result<(), String> {
-        let req = PutRequest {
-            key: self.keys.key(seq, &mut self.rng),
-            value: self.value.clone(),
-            ..Default::default()
-        };
-        self.kv.put(req).await.map(drop).map_err(status_text)
-    }
 }
 
 /// Opens the streams and creates every watcher, each stream creating its

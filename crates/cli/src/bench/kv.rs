@@ -79,11 +79,12 @@ fn put_op(key: Vec<u8>, value: Vec<u8>) -> RequestOp {
     }
 }
 
-struct PutWorker {
-    kv: KvClient<Conn>,
-    keys: KeyGen,
-    rng: Rng,
-    value: Vec<u8>,
+/// Puts `value` at keys of `keys` (also `watched-puts`'s putters).
+pub(super) struct PutWorker {
+    pub(super) kv: KvClient<Conn>,
+    pub(super) keys: KeyGen,
+    pub(super) rng: Rng,
+    pub(super) value: Vec<u8>,
 }
 
 impl Worker for PutWorker {

@@ -16,6 +16,46 @@ use roster_testkit::{Proc, WAIT};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+/// Starts `roster serve` on 127.0.0.1:0 under `ulimit <ulimit>` (the
+/// shell's flags: `-Sn N` for the soft limit, `-n N` for both); returns it
+/// and its client endpoint.
+fn serve_under(ulimit: &str, dir: &Path) -> (Proc, String) {
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg(format!(
+            "ulimit {ulimit} && exec \"$0\" serve --data-dir \"$1\" \
+             --listen-client-urls http://127.0.0.1:0"
+        ))
+        .arg(env!("CARGO_BIN_EXE_roster"))
+        .arg(dir)
+        .env("RUST_LOG", "info");
+    let proc = Proc::start("roster", cmd, "ready to serve client requests on http://");
+    let endpoint = proc
+        .ready_line()
+        .rsplit("http://")
+        .next()
+        .unwrap()
+        .trim()
+        .to_string();
+    (proc, endpoint)
+}
+
+/// Raises this test process's soft open-file limit to its hard one, as
+/// the server does (a machine whose soft limit is 1024 would otherwise
+/// skip the flood); returns the soft limit now, `None` for unlimited.
+fn raise_own_limit() -> Option<u64> {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let limit = getrlimit(Resource::Nofile);
+    let raised = Rlimit {
+        current: limit.maximum,
+        maximum: limit.maximum,
+    };
+    match setrlimit(Resource::Nofile, raised) {
+        Ok(()) => limit.maximum,
+        Err(_) => limit.current,
+    }
+}
+
 /// The soft limit the server is started with.
 const SOFT: u64 = 128;
 /// Clients held connected at once: more than `SOFT` descriptors.
@@ -29,23 +69,7 @@ async fn more_clients_than_the_soft_limit_are_served() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let mut cmd = Command::new("sh");
-    cmd.arg("-c")
-        .arg(format!(
-            "ulimit -Sn {SOFT} && exec \"$0\" serve --data-dir \"$1\" \
-             --listen-client-urls http://127.0.0.1:0"
-        ))
-        .arg(env!("CARGO_BIN_EXE_roster"))
-        .arg(dir.path())
-        .env("RUST_LOG", "info");
-    let proc = Proc::start("roster", cmd, "ready to serve client requests on http://");
-    let endpoint = proc
-        .ready_line()
-        .rsplit("http://")
-        .next()
-        .unwrap()
-        .trim()
-        .to_string();
+    let (proc, endpoint) = serve_under(&format!("-Sn {SOFT}"), dir.path());
     assert!(
         proc.log().iter().any(
             |l| l.contains("raised the open file limit") && l.contains(&format!("from={SOFT}"))
@@ -103,29 +127,14 @@ enum Fate {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_past_the_hard_limit_never_stops_the_node() {
-    let own = rustix::process::getrlimit(rustix::process::Resource::Nofile);
-    if own.current.is_some_and(|n| n < FLOOD as u64 + 512) {
-        eprintln!("skipped: this test's open file limit is {:?}", own.current);
+    // The flood's own sockets need room here too.
+    let own = raise_own_limit();
+    if own.is_some_and(|n| n < FLOOD as u64 + 512) {
+        eprintln!("skipped: this test's open file limit is {own:?}");
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let mut cmd = Command::new("sh");
-    cmd.arg("-c")
-        .arg(format!(
-            "ulimit -n {LIMIT} && exec \"$0\" serve --data-dir \"$1\" \
-             --listen-client-urls http://127.0.0.1:0"
-        ))
-        .arg(env!("CARGO_BIN_EXE_roster"))
-        .arg(dir.path())
-        .env("RUST_LOG", "info");
-    let mut proc = Proc::start("roster", cmd, "ready to serve client requests on http://");
-    let endpoint = proc
-        .ready_line()
-        .rsplit("http://")
-        .next()
-        .unwrap()
-        .trim()
-        .to_string();
+    let (mut proc, endpoint) = serve_under(&format!("-n {LIMIT}"), dir.path());
     let addr: SocketAddr = endpoint.parse().unwrap();
 
     // Connected before the flood, and used throughout it.
