@@ -4,11 +4,15 @@
 //! batch the writer hands it the batch's events; the hub delivers them to
 //! the watchers that are *synced* (caught up) by a non-blocking send into
 //! their stream's bounded queue. A watcher whose queue is full, or that
-//! starts at an old revision, is *unsynced*: its stream's catch-up task reads
-//! history from the store in bounded chunks, awaiting queue space, until the
-//! watcher has seen everything the hub has published; then it is synced
-//! again. So a slow consumer costs a bounded queue and a cursor, never an
-//! unbounded buffer — etcd's synced/unsynced design.
+//! starts at an old revision, is *unsynced*: it leaves the hub's key index,
+//! so that publishing no longer visits it, and its stream's catch-up task
+//! reads history from the store in bounded steps, awaiting queue space,
+//! until the watcher has seen everything the hub has published; then it is
+//! synced again, back in the index. So a slow consumer costs a bounded
+//! queue and a cursor, never an unbounded buffer, and a crowd of stalled
+//! consumers costs a write nothing — etcd's synced/unsynced design. The
+//! bounds on catch-up (bytes per step, bytes queued, reads at once) are
+//! in [`stream`] and [`hub::Queued`].
 //!
 //! Exactly-once rests on one cursor per watcher, `next_rev`: the lowest
 //! revision it has not been sent. Both paths only send events at or above
