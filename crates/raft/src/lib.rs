@@ -18,5 +18,6 @@
 //! the harmless tail of an interrupted append and when as corruption.
 
 pub mod log;
+pub mod types;
 
 pub use log::{Entry, EntryKind, Log, LogError, LogId, Record};
