@@ -1,0 +1,4 @@
+//! roster-raft's integration tests, one binary.
+
+mod reopen;
+mod suite;
