@@ -37,6 +37,7 @@
 //! implementation.
 
 use std::io::Cursor;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use openraft::storage::{RaftStateMachine, Snapshot};
@@ -125,6 +126,9 @@ struct Shared<M> {
     machine: Mutex<(M, Position)>,
     /// The last snapshot built or installed.
     current: Mutex<Option<Stored>>,
+    /// Snapshots built by this adapter, so that two built at the same log
+    /// id still have different ids.
+    built: AtomicU64,
 }
 
 #[derive(Clone)]
@@ -149,6 +153,7 @@ impl<M: Machine> StateMachine<M> {
             shared: Arc::new(Shared {
                 machine: Mutex::new((machine, position)),
                 current: Mutex::new(None),
+                built: AtomicU64::new(0),
             }),
         })
     }
@@ -251,12 +256,13 @@ impl<M: Machine> RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder<M> {
                 .map_err(|e| StorageIOError::read_state_machine(AnyError::new(&e)))?;
             (data, guard.1.clone())
         };
+        let n = self.shared.built.fetch_add(1, Ordering::Relaxed);
         let snapshot_id = match position.applied {
             Some(id) => format!(
-                "{}-{}-{}",
+                "{}-{}-{}-{n}",
                 id.leader_id.term, id.leader_id.node_id, id.index
             ),
-            None => "empty".to_string(),
+            None => format!("empty-{n}"),
         };
         let meta = SnapshotMeta {
             last_log_id: position.applied,

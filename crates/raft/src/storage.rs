@@ -154,7 +154,16 @@ impl LogStore {
     /// Opens (creating) the storage in `dir`, reading every entry not
     /// purged back into memory.
     pub fn open(dir: &Path) -> std::result::Result<LogStore, OpenError> {
-        std::fs::create_dir_all(dir).map_err(io_err("creating", dir))?;
+        if !dir.is_dir() {
+            std::fs::create_dir_all(dir).map_err(io_err("creating", dir))?;
+            // The directory's own name must be durable before the state
+            // file inside it is.
+            let parent = dir.parent().filter(|p| !p.as_os_str().is_empty());
+            let parent = parent.unwrap_or(Path::new("."));
+            File::open(parent)
+                .and_then(|d| d.sync_all())
+                .map_err(io_err("syncing", parent))?;
+        }
         let path = dir.join(STATE);
         let state: State = match std::fs::read(&path) {
             Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| OpenError::Damaged {

@@ -106,3 +106,24 @@ async fn an_append_that_leaves_a_hole_is_refused() {
         .unwrap();
     assert!(s.blocking_append([command(1, 5)]).await.is_err());
 }
+
+#[tokio::test]
+async fn leftovers_of_an_interrupted_write_are_deleted_at_open() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    {
+        let mut s = reopen(dir);
+        s.blocking_append((0..3).map(|i| command(1, i)))
+            .await
+            .unwrap();
+    }
+    // A restart that crashed before its state write, and a state write
+    // that crashed before its rename.
+    std::fs::create_dir(dir.join("log-1")).unwrap();
+    std::fs::write(dir.join("log-1/junk"), b"x").unwrap();
+    std::fs::write(dir.join("raft-state.json.tmp"), b"{").unwrap();
+    let mut s = reopen(dir);
+    assert_eq!(ids(&mut s).await, vec![0, 1, 2]);
+    assert!(!dir.join("log-1").exists());
+    assert!(!dir.join("raft-state.json.tmp").exists());
+}
