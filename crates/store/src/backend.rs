@@ -33,6 +33,12 @@ pub const META_CURRENT_REV: &str = "current_rev";
 pub const META_COMPACT_REV: &str = "compact_rev";
 /// Meta key: the index of the last applied log entry.
 pub const META_APPLIED_INDEX: &str = "applied_index";
+/// Opaque byte values kept beside the counters; written by the same
+/// checkpoint commits as the `meta` table.
+pub const META_BYTES: TableDefinition<&str, &[u8]> = TableDefinition::new("meta_bytes");
+/// Bytes key: consensus's mark of where the applied state stands (see
+/// [`crate::Store::mark`]).
+pub const META_MARK: &str = "consensus_mark";
 
 const PUT: u8 = 0;
 const TOMBSTONE: u8 = 1;

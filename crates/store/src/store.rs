@@ -52,7 +52,8 @@ pub use scan::{RangeScan, TxnScan};
 
 use crate::apply::WriteTxn;
 use crate::backend::{
-    decode, LazyKv, ALARMS, KV, META, META_APPLIED_INDEX, META_COMPACT_REV, META_CURRENT_REV,
+    decode, LazyKv, ALARMS, KV, META, META_APPLIED_INDEX, META_BYTES, META_COMPACT_REV,
+    META_CURRENT_REV, META_MARK,
 };
 use crate::error::StoreError;
 use crate::index::{KeyIndex, KeyRange, Revision, Version};
@@ -174,6 +175,9 @@ struct State {
     /// Compacted revision decided by applied commands, not yet published.
     pending_compact_rev: i64,
     applied_index: u64,
+    /// Consensus's mark, set with the batch that brought `applied_index`
+    /// here (see [`Store::apply_marked`]).
+    mark: Option<Arc<[u8]>>,
     /// Applied records and lease rows the next checkpoint writes to redb.
     pending: Pending,
     /// The writes a checkpoint in progress is putting in redb.
@@ -326,7 +330,7 @@ impl Store {
     /// storage failed and the node must stop: nothing of the batch was
     /// acknowledged, and the in-memory state may be ahead of the disk.
     pub fn apply_batch(&self, commands: &[(u64, Command)]) -> Result<Vec<Applied>, StoreError> {
-        self.apply(commands, true)
+        self.apply(commands, true, None)
     }
 
     /// Applies `commands` like [`Store::apply_batch`], for a caller that has
@@ -336,13 +340,38 @@ impl Store {
     /// out. The batch is published to readers at once: its durability is
     /// the log's.
     pub fn apply_logged(&self, commands: &[(u64, Command)]) -> Result<Vec<Applied>, StoreError> {
-        self.apply(commands, false)
+        self.apply(commands, false, None)
+    }
+
+    /// Applies `commands` like [`Store::apply_logged`], all of them from
+    /// the log entry at `index` (which may hold none: the applied index
+    /// still moves to it), and records `mark` as where consensus stands.
+    ///
+    /// The mark is set under the same lock as the batch's effects, so any
+    /// checkpoint holds both or neither: after a crash, [`Store::mark`]
+    /// describes exactly the applied state that survived, and consensus
+    /// re-applies from there, never twice.
+    pub fn apply_marked(
+        &self,
+        index: u64,
+        commands: &[(u64, Command)],
+        mark: &[u8],
+    ) -> Result<Vec<Applied>, StoreError> {
+        self.apply(commands, false, Some((index, mark)))
+    }
+
+    /// The mark recorded by the last [`Store::apply_marked`] or
+    /// [`Store::install_marked`]; after a reopen, the one its last
+    /// checkpoint held. `None` if none was ever recorded.
+    pub fn mark(&self) -> Option<Vec<u8>> {
+        self.state.read().mark.as_deref().map(<[u8]>::to_vec)
     }
 
     fn apply(
         &self,
         commands: &[(u64, Command)],
         durable: bool,
+        mark: Option<(u64, &[u8])>,
     ) -> Result<Vec<Applied>, StoreError> {
         let _one_generation = durable.then(|| self.checkpointing.lock());
         let _writing = self.writing.lock();
@@ -415,6 +444,10 @@ impl Store {
                     response,
                     events: w.into_events(),
                 });
+            }
+            if let Some((index, mark)) = mark {
+                st.applied_index = st.applied_index.max(index);
+                st.mark = Some(mark.into());
             }
             (st.applied_rev, st.pending_compact_rev)
         };
@@ -928,7 +961,7 @@ fn load(db: &Database) -> Result<Loaded, StoreError> {
     let tx = db.begin_write()?;
     let mut stored_bytes = 0;
     let mut alarms = BTreeSet::new();
-    let (index, leases, current, compact, applied_index) = {
+    let (index, leases, current, compact, applied_index, mark) = {
         let kv = tx.open_table(KV)?;
         for item in tx.open_table(ALARMS)?.iter()? {
             alarms.insert(item?.0.value());
@@ -952,6 +985,10 @@ fn load(db: &Database) -> Result<Loaded, StoreError> {
                 .ok_or_else(|| damaged(format!("compacted revision {v} at revision {current}")))
         })?;
         let applied_index = get(META_APPLIED_INDEX)?.unwrap_or(0);
+        let mark = tx
+            .open_table(META_BYTES)?
+            .get(META_MARK)?
+            .map(|g| Arc::<[u8]>::from(g.value()));
         let mut index = KeyIndex::default();
         for item in kv.iter()? {
             let (rev, rec) = item?;
@@ -981,7 +1018,7 @@ fn load(db: &Database) -> Result<Loaded, StoreError> {
         for (key, v) in index.range(&KeyRange::Span(Vec::new(), None), current) {
             leases.reattach(key, 0, v.lease);
         }
-        (index, leases, current, compact, applied_index)
+        (index, leases, current, compact, applied_index, mark)
     };
     tx.commit()?;
     let mut index = index;
@@ -996,6 +1033,7 @@ fn load(db: &Database) -> Result<Loaded, StoreError> {
             compact_rev: compact,
             pending_compact_rev: compact,
             applied_index,
+            mark,
             pending: Pending::default(),
             frozen: None,
             pruning: None,

@@ -26,7 +26,9 @@ use std::sync::Arc;
 use redb::Durability;
 
 use super::{Store, NEVER_COMPACTED};
-use crate::backend::{ALARMS, KV, META, META_APPLIED_INDEX, META_COMPACT_REV, META_CURRENT_REV};
+use crate::backend::{
+    ALARMS, KV, META, META_APPLIED_INDEX, META_BYTES, META_COMPACT_REV, META_CURRENT_REV, META_MARK,
+};
 use crate::error::StoreError;
 use crate::lease::LEASES;
 use crate::pending::{record_bytes, Pending};
@@ -37,6 +39,8 @@ pub(super) struct Frozen {
     applied_rev: i64,
     compact_rev: i64,
     applied_index: u64,
+    /// Consensus's mark for `applied_index`, if one was ever set.
+    mark: Option<Arc<[u8]>>,
     /// Every raised alarm, when they changed since the last checkpoint.
     alarms: Option<std::collections::BTreeSet<(u64, i32)>>,
 }
@@ -81,6 +85,7 @@ impl Store {
             applied_rev: st.applied_rev,
             compact_rev: st.pending_compact_rev,
             applied_index: st.applied_index,
+            mark: st.mark.clone(),
             alarms: std::mem::take(&mut st.alarms_dirty).then(|| st.alarms.clone()),
         });
         st.frozen = Some(frozen.clone());
@@ -122,6 +127,9 @@ impl Store {
                 meta.insert(META_COMPACT_REV, frozen.compact_rev as u64)?;
             }
             meta.insert(META_APPLIED_INDEX, frozen.applied_index)?;
+            if let Some(mark) = &frozen.mark {
+                tx.open_table(META_BYTES)?.insert(META_MARK, &**mark)?;
+            }
         }
         tx.commit()?;
         self.batches.fetch_add(1, Ordering::Relaxed);

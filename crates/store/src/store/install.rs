@@ -16,7 +16,10 @@ use std::fs::File;
 use std::path::Path;
 use std::sync::atomic::Ordering;
 
+use redb::Durability;
+
 use super::{load, open_db, Store};
+use crate::backend::{META_BYTES, META_MARK};
 use crate::error::StoreError;
 use crate::snapshot::{restore, Restored, SnapshotError};
 
@@ -26,6 +29,17 @@ impl Store {
     /// one leaves the store as it was. Whoever follows the store (watchers,
     /// a lease clock) must be told: see the server's state machine.
     pub fn install(&self, file: &Path) -> Result<Restored, SnapshotError> {
+        self.install_marked(file, None)
+    }
+
+    /// [`Store::install`], recording `mark` (consensus's position for the
+    /// snapshot) in the new database before it replaces the old one: a
+    /// crash leaves the old state with its mark or the new with its own.
+    pub fn install_marked(
+        &self,
+        file: &Path,
+        mark: Option<&[u8]>,
+    ) -> Result<Restored, SnapshotError> {
         let tmp = self.path.with_extension("installing");
         let _ = std::fs::remove_file(&tmp);
         let restored = restore(file, &tmp)?;
@@ -33,6 +47,12 @@ impl Store {
             path: self.path.clone(),
             source,
         };
+        if let Some(mark) = mark {
+            write_mark(&tmp, mark).map_err(|e| {
+                let _ = std::fs::remove_file(&tmp);
+                failed(e)
+            })?;
+        }
 
         let _one_generation = self.checkpointing.lock();
         let _writing = self.writing.lock();
@@ -69,4 +89,14 @@ impl Store {
         self.finish_compaction().map_err(failed)?;
         Ok(restored)
     }
+}
+
+/// Records `mark` in the database at `path`, durably.
+fn write_mark(path: &Path, mark: &[u8]) -> Result<(), StoreError> {
+    let db = open_db(path)?;
+    let mut tx = db.begin_write()?;
+    tx.set_durability(Durability::Immediate)?;
+    tx.open_table(META_BYTES)?.insert(META_MARK, mark)?;
+    tx.commit()?;
+    Ok(())
 }

@@ -200,3 +200,44 @@ fn no_value_below_the_compacted_revision() {
     store.finish_compaction().unwrap();
     assert_eq!(store.kv_at(&key, at - 1).unwrap(), None);
 }
+
+/// The consensus mark survives a reopen exactly when the applied state it
+/// describes does: with the checkpoint that wrote the batch, not before.
+/// An entry with no commands still moves the applied index and the mark.
+#[test]
+fn the_mark_is_durable_with_its_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    let store = Store::open(&path).unwrap();
+    assert_eq!(store.mark(), None);
+    store
+        .apply_marked(1, &[(1, put(1)), (1, put(2))], b"one")
+        .unwrap();
+    store.checkpoint().unwrap();
+    store.apply_marked(2, &[], b"two").unwrap();
+    assert_eq!(store.applied_index(), 2);
+    store.apply_marked(3, &[(3, put(3))], b"three").unwrap();
+    assert_eq!(store.mark().as_deref(), Some(&b"three"[..]));
+    drop(store);
+
+    let store = Store::open(&path).unwrap();
+    assert_eq!(store.mark().as_deref(), Some(&b"one"[..]));
+    assert_eq!((store.applied_index(), store.revision()), (1, 3));
+    store.apply_marked(2, &[], b"two").unwrap();
+    store.checkpoint().unwrap();
+    drop(store);
+    let store = Store::open(&path).unwrap();
+    assert_eq!(store.mark().as_deref(), Some(&b"two"[..]));
+    assert_eq!(store.applied_index(), 2);
+
+    // A snapshot does not carry the mark; an install records the one given.
+    let file = dir.path().join("snap");
+    crate::snapshot::save(&store, &mut std::fs::File::create(&file).unwrap()).unwrap();
+    let other = Store::open(&dir.path().join("other")).unwrap();
+    other.install_marked(&file, Some(b"installed")).unwrap();
+    assert_eq!(other.mark().as_deref(), Some(&b"installed"[..]));
+    assert_eq!(other.revision(), 3);
+    drop(other);
+    let other = Store::open(&dir.path().join("other")).unwrap();
+    assert_eq!(other.mark().as_deref(), Some(&b"installed"[..]));
+}
