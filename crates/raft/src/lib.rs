@@ -33,11 +33,14 @@
 //! position, purge, truncate, each durable before it is acknowledged);
 //! [`machine`] adapts a [`Machine`] of Roster's own, in plain types, to
 //! openraft's state machine. Both pass openraft's storage test suite
-//! (`tests/it/suite.rs`).
+//! (`tests/it/suite.rs`), which [`testing`] (the `testing` feature) runs
+//! for any [`Machine`], the server's included.
 
 pub mod log;
 pub mod machine;
 pub mod storage;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod types;
 
 pub use log::{Entry, EntryKind, Log, LogError, LogId, Record};

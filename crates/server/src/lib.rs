@@ -28,6 +28,7 @@ mod contain;
 pub mod error;
 pub mod lessor;
 pub mod node;
+pub mod raft_machine;
 pub mod serve;
 pub mod service;
 pub mod standalone;

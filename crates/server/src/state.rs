@@ -100,6 +100,28 @@ impl StateMachine {
     /// must stop, as its memory may be ahead of its disk.
     pub fn apply(&self, entries: &[(u64, Command)]) -> Result<Vec<Outcome>, StoreError> {
         let applied = self.store.apply_logged(entries)?;
+        Ok(self.follow(entries, applied))
+    }
+
+    /// Applies the commands of the log entry at `index` (none for a blank
+    /// or membership entry) like [`StateMachine::apply`], and records
+    /// consensus's `mark` with them (see [`Store::apply_marked`]).
+    pub fn apply_marked(
+        &self,
+        index: u64,
+        entries: &[(u64, Command)],
+        mark: &[u8],
+    ) -> Result<Vec<Outcome>, StoreError> {
+        let applied = self.store.apply_marked(index, entries, mark)?;
+        Ok(self.follow(entries, applied))
+    }
+
+    /// Publishes what `entries` did and keeps the lessor's table.
+    fn follow(
+        &self,
+        entries: &[(u64, Command)],
+        applied: Vec<roster_store::Applied>,
+    ) -> Vec<Outcome> {
         let events: Vec<&Event> = applied.iter().flat_map(|a| a.events.iter()).collect();
         self.hub.publish(&events, self.store.revision());
         let mut outcomes = Vec::with_capacity(applied.len());
@@ -136,7 +158,7 @@ impl StateMachine {
                 settled,
             });
         }
-        Ok(outcomes)
+        outcomes
     }
 
     /// Replaces the whole state with the snapshot in `file` (a member too
@@ -145,7 +167,17 @@ impl StateMachine {
     /// from the new storage. A refused snapshot changes nothing. The
     /// caller (consensus) holds back `apply` meanwhile.
     pub fn install(&self, file: &std::path::Path) -> Result<i64, SnapshotError> {
-        let restored = self.store.install(file)?;
+        self.install_marked(file, None)
+    }
+
+    /// [`StateMachine::install`], recording consensus's `mark` with the
+    /// new state (see [`Store::install_marked`]).
+    pub fn install_marked(
+        &self,
+        file: &std::path::Path,
+        mark: Option<&[u8]>,
+    ) -> Result<i64, SnapshotError> {
+        let restored = self.store.install_marked(file, mark)?;
         self.abandon();
         self.lessor.reset(&self.store.leases());
         self.hub.resync(self.store.revision());

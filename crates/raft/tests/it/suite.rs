@@ -1,5 +1,6 @@
-//! openraft's storage conformance suite against [`LogStore`] and
-//! [`StateMachine`], each case on a fresh directory.
+//! openraft's storage conformance suite against `LogStore` and
+//! `StateMachine`, each case on a fresh directory (see
+//! `roster_raft::testing`).
 //!
 //! The suite is openraft's own statement of what log storage and a state
 //! machine must do (vote, committed, purge and truncate semantics, initial
@@ -10,11 +11,7 @@
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 
-use openraft::testing::{StoreBuilder, Suite};
-use openraft::StorageError;
-use roster_raft::types::TypeConfig;
-use roster_raft::{LogStore, Machine, Mark, Outcome, StateMachine};
-use tempfile::TempDir;
+use roster_raft::{Machine, Mark, Outcome};
 
 /// A machine keeping `key=value` commands in a map.
 #[derive(Default)]
@@ -78,21 +75,7 @@ impl Machine for MapMachine {
     }
 }
 
-/// A fresh store and machine in a directory removed when the case ends.
-struct Builder;
-
-impl StoreBuilder<TypeConfig, LogStore, StateMachine<MapMachine>, TempDir> for Builder {
-    async fn build(
-        &self,
-    ) -> Result<(TempDir, LogStore, StateMachine<MapMachine>), StorageError<u64>> {
-        let dir = tempfile::tempdir().expect("a temporary directory");
-        let store = LogStore::open(&dir.path().join("raft")).expect("the store opens");
-        let sm = StateMachine::new(MapMachine::default()).expect("a fresh machine");
-        Ok((dir, store, sm))
-    }
-}
-
 #[test]
 fn openraft_storage_suite() {
-    Suite::test_all(Builder).expect("the storage suite passes");
+    roster_raft::testing::run_suite(|_dir: &std::path::Path| MapMachine::default());
 }

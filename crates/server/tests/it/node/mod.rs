@@ -7,3 +7,4 @@ mod group_commit;
 mod kv_wire;
 mod log_replay;
 mod nesting;
+mod raft_suite;
