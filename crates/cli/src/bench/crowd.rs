@@ -33,12 +33,10 @@ use roster_proto::etcdserverpb::WatchCreateRequest;
 use roster_proto::prefix_end;
 use serde_json::{json, Map};
 
-use super::conn::Conn;
-use super::driver::set_up_in_order;
 use super::keys::{KeyArgs, Rng};
 use super::kv::PutWorker;
 use super::report::Recorder;
-use super::watch::WatchStream;
+use super::watch::open_watchers;
 use super::{emit, finish, Common};
 
 /// Flags of `roster bench watched-puts`.
@@ -60,43 +58,18 @@ pub struct WatchedPutsArgs {
     read: bool,
 }
 
-/// Opens the streams and creates every watcher, each stream creating its
-/// share one at a time.
-async fn crowd(a: &WatchedPutsArgs, chans: &[Conn]) -> Result<Vec<WatchStream>, String> {
-    let streams = a.streams.clamp(1, a.watchers.max(1));
+/// `roster bench watched-puts`.
+pub async fn run(a: WatchedPutsArgs) -> Result<(), String> {
+    let chans = a.common.channels().await?;
+    let started = std::time::Instant::now();
     let prefix = a.keys.key_prefix.as_bytes().to_vec();
     let watch = WatchCreateRequest {
         range_end: prefix_end(&prefix),
         key: prefix,
         ..Default::default()
     };
-    let opened = set_up_in_order(
-        (0..streams).map(|i| WatchStream::open_with(chans[i % chans.len()].clone(), watch.clone())),
-    )
-    .await?;
-    let mut creating = tokio::task::JoinSet::new();
-    for (i, mut s) in opened.into_iter().enumerate() {
-        let mine = (streams..a.watchers).filter(|w| w % streams == i).count();
-        let watch = watch.clone();
-        creating.spawn(async move {
-            for _ in 0..mine {
-                s.create_with(watch.clone()).await?;
-            }
-            Ok::<_, String>(s)
-        });
-    }
-    let mut ready = Vec::with_capacity(streams);
-    while let Some(r) = creating.join_next().await {
-        ready.push(r.map_err(|e| e.to_string())??);
-    }
-    Ok(ready)
-}
-
-/// `roster bench watched-puts`.
-pub async fn run(a: WatchedPutsArgs) -> Result<(), String> {
-    let chans = a.common.channels().await?;
-    let started = std::time::Instant::now();
-    let streams = crowd(&a, &chans).await?;
+    let streams = a.streams.clamp(1, a.watchers.max(1));
+    let streams = open_watchers(&chans, streams, a.watchers, watch).await?;
     let setup_s = started.elapsed().as_secs_f64();
     let events = Arc::new(AtomicU64::new(0));
     // Idle streams stay here, unread, until the end of the run.

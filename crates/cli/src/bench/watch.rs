@@ -141,15 +141,47 @@ impl WatchStream {
     }
 }
 
-/// Opens `n` streams, round-robin over `chans`, each with a first watcher
-/// whose key `key_of` gives from the stream's number.
+/// Opens `n` streams, round-robin over `chans`, each with the first
+/// watcher `first_of` gives from the stream's number.
 async fn open_streams(
     chans: &[Conn],
     n: usize,
-    key_of: impl Fn(usize) -> Vec<u8>,
+    first_of: impl Fn(usize) -> WatchCreateRequest,
 ) -> Result<Vec<WatchStream>, String> {
-    set_up_in_order((0..n).map(|i| WatchStream::open(chans[i % chans.len()].clone(), key_of(i))))
-        .await
+    set_up_in_order(
+        (0..n).map(|i| WatchStream::open_with(chans[i % chans.len()].clone(), first_of(i))),
+    )
+    .await
+}
+
+/// Opens `streams` streams over `chans` and creates `watchers` watchers
+/// like `watch` on them (at least one per stream), round-robin, each
+/// stream creating its share one at a time. The streams come back in the
+/// order they were opened.
+pub(super) async fn open_watchers(
+    chans: &[Conn],
+    streams: usize,
+    watchers: usize,
+    watch: WatchCreateRequest,
+) -> Result<Vec<WatchStream>, String> {
+    let opened = open_streams(chans, streams, |_| watch.clone()).await?;
+    let mut creating = tokio::task::JoinSet::new();
+    for (i, mut s) in opened.into_iter().enumerate() {
+        let mine = (streams..watchers).filter(|w| w % streams == i).count();
+        let watch = watch.clone();
+        creating.spawn(async move {
+            for _ in 0..mine {
+                s.create_with(watch.clone()).await?;
+            }
+            Ok::<_, String>((i, s))
+        });
+    }
+    let mut ready = Vec::with_capacity(streams);
+    while let Some(r) = creating.join_next().await {
+        ready.push(r.map_err(|e| e.to_string())??);
+    }
+    ready.sort_by_key(|(i, _)| *i);
+    Ok(ready.into_iter().map(|(_, s)| s).collect())
 }
 
 struct CreateWorker {
@@ -193,7 +225,7 @@ async fn create(
     p: Map<String, serde_json::Value>,
 ) -> Result<(), String> {
     let keys = a.keys.keygen();
-    let opened = open_streams(&chans, streams, |i| keys.key_at(i as u64 % 1000)).await?;
+    let opened = open_streams(&chans, streams, |i| on_key(keys.key_at(i as u64 % 1000))).await?;
     let workers = opened
         .into_iter()
         .enumerate()
@@ -278,24 +310,7 @@ async fn deliver(
     p: Map<String, serde_json::Value>,
 ) -> Result<(), String> {
     let key = format!("{}watch", a.keys.key_prefix).into_bytes();
-    let mut opened = open_streams(&chans, streams, |_| key.clone()).await?;
-    // The remaining watchers, round-robin over the streams; each stream
-    // creates its share one at a time.
-    let mut creating = tokio::task::JoinSet::new();
-    for (i, mut s) in opened.drain(..).enumerate() {
-        let mine = (streams..a.watchers).filter(|w| w % streams == i).count();
-        let key = key.clone();
-        creating.spawn(async move {
-            for _ in 0..mine {
-                s.create(key.clone()).await?;
-            }
-            Ok::<_, String>((i, s))
-        });
-    }
-    let mut ready = Vec::new();
-    while let Some(r) = creating.join_next().await {
-        ready.push(r.map_err(|e| e.to_string())??);
-    }
+    let ready = open_watchers(&chans, streams, a.watchers, on_key(key.clone())).await?;
     let watchers = a.watchers.max(streams) as u64;
 
     let base = Instant::now();
@@ -303,7 +318,7 @@ async fn deliver(
     let events = Arc::new(AtomicU64::new(0));
     let last = Arc::new(AtomicU64::new(0));
     let mut receivers = Vec::new();
-    for (i, s) in ready {
+    for (i, s) in ready.into_iter().enumerate() {
         let (rec, ev, last) = (event_rec.clone(), events.clone(), last.clone());
         receivers.push(tokio::spawn(receive(s, i, base, rec, ev, last)));
     }
