@@ -2,6 +2,8 @@
 
 use std::borrow::Borrow;
 use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -30,7 +32,7 @@ pub type Outbound = mpsc::Sender<Result<EncodedWatchResponse, tonic::Status>>;
 /// adds ([`Queued::add`]) before sending; whoever takes subtracts.
 #[derive(Default)]
 pub struct Queued {
-    bytes: std::sync::atomic::AtomicUsize,
+    bytes: AtomicUsize,
     drained: Notify,
 }
 
@@ -42,15 +44,12 @@ pub fn queued_len(r: &Result<EncodedWatchResponse, tonic::Status>) -> usize {
 impl Queued {
     /// Counts `n` bytes about to be queued.
     pub fn add(&self, n: usize) {
-        self.bytes
-            .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+        self.bytes.fetch_add(n, Relaxed);
     }
 
     /// Counts `n` bytes taken off the queue (or that failed to go on it).
     pub fn taken(&self, n: usize) {
-        let before = self
-            .bytes
-            .fetch_sub(n, std::sync::atomic::Ordering::Relaxed);
+        let before = self.bytes.fetch_sub(n, Relaxed);
         if before.saturating_sub(n) <= QUEUED_BUDGET {
             self.drained.notify_one();
         }
@@ -58,14 +57,14 @@ impl Queued {
 
     /// Bytes queued now.
     pub fn bytes(&self) -> usize {
-        self.bytes.load(std::sync::atomic::Ordering::Relaxed)
+        self.bytes.load(Relaxed)
     }
 
     /// Waits until no more than [`QUEUED_BUDGET`] bytes are queued.
     pub async fn drained(&self) {
         loop {
             let notified = self.drained.notified();
-            if self.bytes.load(std::sync::atomic::Ordering::Relaxed) <= QUEUED_BUDGET {
+            if self.bytes() <= QUEUED_BUDGET {
                 return;
             }
             notified.await;

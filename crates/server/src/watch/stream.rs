@@ -109,14 +109,6 @@ struct Outbox {
     queued: Arc<Queued>,
 }
 
-impl Outbox {
-    async fn recv(&mut self) -> Option<Result<EncodedWatchResponse, Status>> {
-        let r = self.rx.recv().await?;
-        self.queued.taken(queued_len(&r));
-        Some(r)
-    }
-}
-
 impl Stream for Outbox {
     type Item = Result<EncodedWatchResponse, Status>;
 
@@ -140,7 +132,7 @@ pub struct LocalWatch {
 impl LocalWatch {
     /// The next response, its events decoded; `None` once the watch ended.
     pub async fn recv(&mut self) -> Option<Result<WatchResponse, Status>> {
-        Some(self.rx.recv().await?.and_then(decode))
+        Some(self.rx.next().await?.and_then(decode))
     }
 }
 
