@@ -30,6 +30,15 @@ fn reopen(dir: &Path) -> LogStore {
     LogStore::open(dir).expect("the store reopens")
 }
 
+/// The store in `dir`, opened, with entries 0, 1 and 2 of term 1 appended.
+async fn with_three_entries(dir: &Path) -> LogStore {
+    let mut s = reopen(dir);
+    s.blocking_append((0..3).map(|i| command(1, i)))
+        .await
+        .unwrap();
+    s
+}
+
 #[tokio::test]
 async fn vote_entries_committed_and_purge_survive_a_reopen() {
     let tmp = tempfile::tempdir().unwrap();
@@ -62,10 +71,7 @@ async fn vote_entries_committed_and_purge_survive_a_reopen() {
 #[tokio::test]
 async fn committed_is_clamped_to_the_last_entry() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut s = reopen(tmp.path());
-    s.blocking_append((0..3).map(|i| command(1, i)))
-        .await
-        .unwrap();
+    let mut s = with_three_entries(tmp.path()).await;
     s.save_committed(Some(id(1, 9))).await.unwrap();
     assert_eq!(s.read_committed().await.unwrap(), Some(id(1, 2)));
 }
@@ -75,10 +81,7 @@ async fn a_purge_past_the_last_entry_starts_the_log_over() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     {
-        let mut s = reopen(dir);
-        s.blocking_append((0..3).map(|i| command(1, i)))
-            .await
-            .unwrap();
+        let mut s = with_three_entries(dir).await;
         // A snapshot from a leader far ahead covered up to entry 20.
         s.purge(id(2, 20)).await.unwrap();
         s.blocking_append([command(2, 21)]).await.unwrap();
@@ -100,10 +103,7 @@ async fn a_purge_past_the_last_entry_starts_the_log_over() {
 #[tokio::test]
 async fn an_append_that_leaves_a_hole_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut s = reopen(tmp.path());
-    s.blocking_append((0..3).map(|i| command(1, i)))
-        .await
-        .unwrap();
+    let mut s = with_three_entries(tmp.path()).await;
     assert!(s.blocking_append([command(1, 5)]).await.is_err());
 }
 
@@ -111,12 +111,7 @@ async fn an_append_that_leaves_a_hole_is_refused() {
 async fn leftovers_of_an_interrupted_write_are_deleted_at_open() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    {
-        let mut s = reopen(dir);
-        s.blocking_append((0..3).map(|i| command(1, i)))
-            .await
-            .unwrap();
-    }
+    drop(with_three_entries(dir).await);
     // A restart that crashed before its state write, and a state write
     // that crashed before its rename.
     std::fs::create_dir(dir.join("log-1")).unwrap();
